@@ -1,0 +1,61 @@
+"""ClientApp: one building's trainer. Converts records to and from the library, nothing more."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from mas_flower.training import TrainConfig, evaluate, pick_device, train_local
+
+from client_app import protocol as P
+from client_app.node import building_data, node_building
+from mas_flower.models import build_model
+
+app = ClientApp()
+
+
+def _network(msg: Message) -> tuple[torch.nn.Module, dict]:
+    config = dict(msg.content[P.CONFIG])
+    net = build_model(str(config["model"]), str(config["tasks"]), image_size=int(config["image-size"]))
+    net.load_state_dict(msg.content[P.ARRAYS].to_torch_state_dict())
+    return net, config
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    net, config = _network(msg)
+    data = building_data(config, context)
+    cfg = TrainConfig(
+        lr=float(config["lr"]), epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
+        prox_mu=float(config["prox-mu"]), weighting=str(config["weighting"]),
+        gradnorm_alpha=float(config["gradnorm-alpha"]), affinity_every=int(config["affinity-every"]),
+        affinity_mode=str(config["affinity-mode"]),
+        affinity_first_epoch_only=bool(config["affinity-first-epoch-only"]), seed=int(config["seed"]),
+    )
+    result = train_local(net, data.split("train"), cfg, pick_device())
+    metrics: dict = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_SECONDS: result.seconds}
+    metrics.update({P.loss_key(k): float(v) for k, v in result.losses.items()})
+    if result.affinity is not None:
+        metrics[P.AFFINITY] = np.asarray(result.affinity, dtype=float).ravel().tolist()
+        metrics[P.AFFINITY_COUNT] = result.affinity_count
+    content = RecordDict({P.ARRAYS: ArrayRecord(net.state_dict()), P.METRICS: MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_(msg: Message, context: Context) -> Message:
+    net, config = _network(msg)
+    data = building_data(config, context)
+    losses, n = evaluate(net, data.split(str(config["split"])), int(config["batch-size"]), pick_device())
+    metrics: dict = {P.NUM_EXAMPLES: n, **{P.loss_key(k): float(v) for k, v in losses.items()}}
+    return Message(content=RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query(P.INFO_QUERY)
+def info(msg: Message, context: Context) -> Message:
+    config = dict(msg.content[P.CONFIG])
+    building = node_building(config, context)
+    sizes = building_data(config, context).sizes()
+    reply = ConfigRecord({P.BUILDING: building, **{f"size-{k}": int(v) for k, v in sizes.items()}})
+    return Message(content=RecordDict({P.CONFIG: reply}), reply_to=msg)

@@ -1,0 +1,44 @@
+"""Which building this node is, and its data (loaded once per process, shared by its nodes).
+
+Simulation gives each node a `partition-id`; a deployed SuperNode may instead name its
+`building` and its own `data-root` in `--node-config`, which win over the run's settings.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from flwr.app import Context
+
+from mas_flower.data import BuildingData, list_buildings, open_building
+from mas_flower.settings import home
+
+
+def data_root(config: dict, context: Context) -> Path:
+    root = context.node_config.get("data-root") or config["data-root"]
+    return Path(str(root))
+
+
+def node_building(config: dict, context: Context) -> str:
+    node = context.node_config
+    if "building" in node:
+        return str(node["building"])
+    if "partition-id" not in node:
+        raise ValueError("node-config has neither 'building' nor 'partition-id': cannot tell this node's data")
+    buildings = list_buildings(data_root(config, context))
+    pid = int(node["partition-id"])
+    if not 0 <= pid < len(buildings):
+        raise ValueError(f"partition-id={pid} but {data_root(config, context)} has {len(buildings)} buildings")
+    return buildings[pid]
+
+
+def building_data(config: dict, context: Context) -> BuildingData:
+    return _open(str(data_root(config, context)), node_building(config, context), str(config["all-tasks"]),
+                 int(config["image-size"]))
+
+
+@lru_cache(maxsize=16)
+def _open(root: str, building: str, tasks: str, image_size: int) -> BuildingData:
+    # Read-only data keyed by building, not per-node state: safe to share across nodes of one process.
+    return open_building(Path(root), building, tasks, image_size, cache_dir=home() / "cache")

@@ -1,0 +1,127 @@
+"""The shared interface of federated methods (MAS and the paper's baselines).
+
+A method is a plan, not a training loop: it says which federations (one network per task string)
+train in which stage, how they start, and what happens between stages (measure, split, estimate).
+The Flower layer (`server_app`) runs the stages round by round; nothing here touches Flower, so a
+method can be tested and reused on its own. Adding a method is adding a file with a `Method`
+subclass decorated by `register_method`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mas_flower.settings import Settings
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class FederationSpec:
+    """One FL task: a network for `tasks`, trained on the sampled clients every round of its stage."""
+
+    name: str
+    tasks: str
+    #: Starting weights by parameter name; None means a fresh network from the run's seed.
+    init: State | None = None
+    prox_mu: float = 0.0
+    weighting: str = "equal"
+    measure_affinity: bool = False
+
+
+@dataclass
+class Stage:
+    """Rounds in which a fixed set of federations trains side by side on the same sampled clients."""
+
+    phase: str
+    federations: list[FederationSpec]
+    rounds: int
+    #: The learning-rate schedule lr·(1 − r/R)^0.9 runs over `schedule_total` rounds starting at
+    #: `schedule_start`: MAS's split stage continues the merge stage's schedule, while baselines
+    #: that retrain from scratch restart it.
+    schedule_start: int = 0
+    schedule_total: int = 0
+    #: The first rounds of this stage in which federations with `measure_affinity` measure it.
+    affinity_rounds: int = 0
+
+
+@dataclass
+class StageOutcome:
+    """What a finished stage leaves behind for the method to decide on."""
+
+    stage: Stage
+    states: dict[str, State]
+    #: Per federation that measured affinity: the matrix averaged over the affinity rounds, and
+    #: the per-round matrices (count-weighted means over clients).
+    affinity: dict[str, np.ndarray] = field(default_factory=dict)
+    affinity_rounds: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    #: Last validation losses per federation: task letter -> loss.
+    val_losses: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A federated multiple-task learning method, as a sequence of stages."""
+
+    name: str = ""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        #: Final groups (task strings) when the method chooses them, for results.json's `splits`.
+        self.splits: list[str] | None = None
+        #: The affinity matrix the method measured (tasks in task-set order), for results.json.
+        self.affinity: np.ndarray | None = None
+        #: Extra, method-specific facts for results.json (estimates, scores, ...).
+        self.details: dict[str, object] = {}
+
+    @abstractmethod
+    def first_stage(self) -> Stage:
+        """The stage the run starts with."""
+
+    def next_stage(self, outcome: StageOutcome) -> Stage | None:
+        """The stage after `outcome`, or None when the run is over. Single-stage methods keep this."""
+        return None
+
+    def serving(self, outcome: StageOutcome) -> dict[str, str]:
+        """Which federation of the final stage serves each task at test time.
+
+        Default: the federation holding the task; where several do (overlapping groups), the one
+        with the lowest validation loss for that task (a choice made without the test set).
+        """
+        serving: dict[str, str] = {}
+        for letter in self.settings.task_set:
+            holders = [f.name for f in outcome.stage.federations if letter in f.tasks]
+            serving[letter] = min(holders, key=lambda n: outcome.val_losses.get(n, {}).get(letter, np.inf))
+        return serving
+
+    # Helpers shared by the methods -------------------------------------------------------------
+
+    def stage(self, phase: str, federations: list[FederationSpec], rounds: int | None = None,
+              *, schedule_start: int = 0, affinity_rounds: int = 0) -> Stage:
+        """A stage on the run's schedule (R = num-rounds)."""
+        rounds = self.settings.num_rounds - schedule_start if rounds is None else rounds
+        return Stage(phase, federations, rounds, schedule_start, self.settings.num_rounds, affinity_rounds)
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a method available as `method = "<name>"` in the run config."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def registry() -> Mapping[str, type[Method]]:
+    return _REGISTRY

@@ -1,0 +1,35 @@
+"""MAS (Merge And Split, Zhuang et al., ICCV 2023).
+
+Merge: one multi-task network trained with FedAvg for R0 rounds, clients measuring the lookahead
+affinity in its first `affinity-rounds` rounds. Split: the partition into exactly x groups with the
+best affinity score. Continue: each group becomes its own federation, started from the merged
+encoder and its own decoders, and trains until round R on the same schedule.
+"""
+
+from __future__ import annotations
+
+from mas_flower.methods.base import FederationSpec, Method, Stage, StageOutcome, register_method
+from mas_flower.models import subnetwork_state
+from mas_flower.splitting import mas_partition
+
+
+@register_method("mas")
+class MergeAndSplit(Method):
+    def first_stage(self) -> Stage:
+        s = self.settings
+        merged = FederationSpec("all", s.task_set, measure_affinity=True)
+        return self.stage("merge", [merged], s.merge_rounds, affinity_rounds=s.affinity_rounds)
+
+    def next_stage(self, outcome: StageOutcome) -> Stage | None:
+        if outcome.stage.phase != "merge":
+            return None
+        s = self.settings
+        self.affinity = outcome.affinity["all"]
+        result = mas_partition(self.affinity, s.splits)
+        groups = ["".join(s.task_set[i] for i in group) for group in result.groups]
+        self.splits = groups
+        self.details["split_score"] = float(result.score)
+        self.details["split_optimal"] = bool(result.optimal)
+        merged = outcome.states["all"]
+        federations = [FederationSpec(g, g, init=subnetwork_state(merged, g)) for g in groups]
+        return self.stage("split", federations, schedule_start=s.merge_rounds)

@@ -1,0 +1,143 @@
+"""Run settings: the flat run config of `flwr run` turned into one validated, typed object.
+
+Defaults live in the app's `pyproject.toml` (`[tool.flwr.app.config]`); this module only types and
+checks them, so that bad input fails before any training with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mas_flower.tasks import parse_tasks
+
+#: Methods that take a number of groups x (`splits`).
+SPLIT_METHODS = ("mas", "hoa", "tag")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs, named as in the run config with `-` replaced by `_`."""
+
+    method: str
+    task_set: str
+    splits: int
+    num_rounds: int
+    merge_rounds: int
+    affinity_rounds: int
+    affinity_every: int
+    local_epochs: int
+    clients_per_round: int
+    batch_size: int
+    lr: float
+    image_size: int
+    model: str
+    data_root: str
+    output_dir: str
+    seed: int
+    affinity_mode: str = "exact"
+    affinity_first_epoch_only: bool = False
+    fedprox_mu: float = 0.004
+    gradnorm_alpha: float = 1.5
+    synthetic_buildings: int = 6
+    synthetic_views: int = 40
+    synthetic_size: int = 64
+    eval_batch_size: int = 64
+    run_name: str = ""
+
+    @classmethod
+    def from_run_config(cls, config: dict[str, Any]) -> Settings:
+        """Build from a flat `key-name -> value` mapping; unknown or missing keys raise, naming them."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        unknown = []
+        for key, value in config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                unknown.append(key)
+                continue
+            values[name] = _coerce(key, value, known[name].type)
+        if unknown:
+            raise ValueError(f"unknown run-config key(s): {', '.join(sorted(unknown))}")
+        missing = [f.name.replace("_", "-") for f in fields(cls)
+                   if f.name not in values and f.default is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"missing run-config key(s): {', '.join(missing)}")
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject impossible settings before any work, one clear message per problem."""
+        from mas_flower.methods import list_methods
+
+        problems: list[str] = []
+        if self.method not in list_methods():
+            problems.append(f"method={self.method!r} is not one of {', '.join(list_methods())}")
+        try:
+            parse_tasks(self.task_set)
+        except ValueError as err:
+            problems.append(f"task-set: {err}")
+        n = len(self.task_set)
+        if self.method in SPLIT_METHODS and not 1 <= self.splits <= n:
+            problems.append(f"splits={self.splits} must be between 1 and the {n} tasks of {self.task_set!r}")
+        for key in ("num_rounds", "local_epochs", "clients_per_round", "batch_size", "image_size",
+                    "eval_batch_size", "synthetic_buildings", "synthetic_views", "synthetic_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key.replace('_', '-')}={getattr(self, key)} must be at least 1")
+        if self.method == "mas" and not 1 <= self.merge_rounds <= self.num_rounds:
+            problems.append(f"merge-rounds={self.merge_rounds} must be between 1 and num-rounds={self.num_rounds}")
+        if self.affinity_rounds < 0 or self.affinity_every < 1:
+            problems.append("affinity-rounds must be >= 0 and affinity-every >= 1")
+        if self.method == "mas" and not 1 <= self.affinity_rounds <= self.merge_rounds:
+            problems.append(f"affinity-rounds={self.affinity_rounds} must be between 1 and "
+                            f"merge-rounds={self.merge_rounds}")
+        if self.affinity_mode not in ("exact", "first_order"):
+            problems.append(f"affinity-mode={self.affinity_mode!r} must be 'exact' or 'first_order'")
+        if self.lr <= 0:
+            problems.append(f"lr={self.lr} must be positive")
+        if self.fedprox_mu < 0 or self.gradnorm_alpha < 0:
+            problems.append("fedprox-mu and gradnorm-alpha must be non-negative")
+        if self.data_root and not Path(self.data_root).is_absolute():
+            problems.append(f"data-root={self.data_root!r} must be an absolute path (the app runs elsewhere)")
+        if self.output_dir and not Path(self.output_dir).is_absolute():
+            problems.append(f"output-dir={self.output_dir!r} must be an absolute path (the app runs elsewhere)")
+        if problems:
+            raise ValueError("invalid run config: " + "; ".join(problems))
+
+    def lr_at(self, round_index: int, total: int | None = None) -> float:
+        """Learning rate of a round (0-based) under lr·(1 − r/R)^0.9."""
+        total = total or self.num_rounds
+        return self.lr * (1.0 - round_index / total) ** 0.9
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def home() -> Path:
+    """Where default data and outputs go: `$MAS_FLOWER_HOME`, else `~/mas-flower` (never the app folder)."""
+    return Path(os.environ.get("MAS_FLOWER_HOME", Path.home() / "mas-flower")).expanduser().resolve()
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    """Run-config values arrive as TOML/CLI scalars; accept ints for floats and check the rest."""
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind == "str":
+        return str(value)
+    raise ValueError(f"run-config key {key!r}: expected {kind}, got {value!r}")
