@@ -18,8 +18,11 @@ def write_outputs(settings: Settings, method: Method, runner: FederatedRunner, o
     run_dir = new_run_dir(settings)
     weights = run_dir / "weights"
     weights.mkdir()
-    for name, state in outcome.states.items():
-        save_state(weights / f"{name}.pt", state)
+    for done in runner.outcomes:  # every stage's final networks, and the inherited starts of later stages
+        for fed in done.stage.federations:
+            save_state(weights / f"{done.stage.phase}-{fed.name}.pt", done.states[fed.name])
+            if fed.init is not None:
+                save_state(weights / f"{done.stage.phase}-{fed.name}-init.pt", fed.init)
     write_json(run_dir / "config.json", settings.to_run_config())
     affinity = affinity_payload(settings.task_set, method.affinity)
     if affinity is not None:

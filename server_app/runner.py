@@ -55,6 +55,7 @@ class FederatedRunner:
         self.started = time.monotonic()
         self.rounds_done = 0
         self.rounds_planned = 0
+        self.outcomes: list[StageOutcome] = []
 
     # Nodes ---------------------------------------------------------------------------------------
 
@@ -199,6 +200,7 @@ class FederatedRunner:
             log(INFO, "stage %r: %d round(s), federations %s", stage.phase, stage.rounds,
                 ", ".join(f"{f.name}({f.tasks})" for f in stage.federations))
             outcome = self.run_stage(stage)
+            self.outcomes.append(outcome)
             stage = self.method.next_stage(outcome)
         assert outcome is not None
         serving = self.method.serving(outcome)

@@ -1,0 +1,80 @@
+"""MAS end to end in Flower's simulation engine (Ray), on a tiny synthetic federation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+RESULT_KEYS = {"method", "task_set", "splits", "num_rounds", "seed", "test_loss", "total_test_loss",
+               "client_train_seconds", "wall_seconds", "energy_kwh", "co2_g", "energy_estimated",
+               "affinity", "history"}
+
+
+def run_app(overrides: dict, num_supernodes: int) -> None:
+    from flwr.simulation import run_simulation
+
+    from client_app.app import app as client_app
+    from server_app.app import make_server_app
+
+    run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=num_supernodes,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": 2, "num_gpus": 0}})
+
+
+@pytest.fixture(scope="module")
+def mas_run(private_homes, tiny_federation: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    run_app({"method": "mas", "task-set": "sdnkt", "splits": 2, "num-rounds": 4, "merge-rounds": 2,
+             "affinity-rounds": 2, "affinity-every": 2, "clients-per-round": 3, "batch-size": 4,
+             "image-size": 32, "model": "tiny", "data-root": str(tiny_federation), "output-dir": str(out),
+             "run-name": "mas-test"}, num_supernodes=4)
+    return out / "mas-test"
+
+
+def test_results_have_every_key(mas_run: Path) -> None:
+    results = json.loads((mas_run / "results.json").read_text())
+    assert RESULT_KEYS <= set(results)
+    assert set(results["test_loss"]) == set("sdnkt")
+    assert results["total_test_loss"] == pytest.approx(sum(results["test_loss"].values()))
+    assert all(np.isfinite(v) and v > 0 for v in results["test_loss"].values())
+    assert results["client_train_seconds"] > 0 and results["wall_seconds"] > results["client_train_seconds"] / 3
+
+
+def test_merge_then_split_rounds(mas_run: Path) -> None:
+    history = json.loads((mas_run / "results.json").read_text())["history"]
+    assert [(h["round"], h["phase"]) for h in history] == [(1, "merge"), (2, "merge"), (3, "split"), (4, "split")]
+    assert all(len(h["sampled"]) == 3 for h in history)
+    # The learning rate follows lr·(1 − r/R)^0.9 across the whole run, split phase included.
+    assert [h["lr"] for h in history] == pytest.approx([0.1 * (1 - r / 4) ** 0.9 for r in range(4)])
+
+
+def test_affinity_is_the_mean_of_the_round_matrices_and_drives_the_split(mas_run: Path) -> None:
+    from mas_flower.splitting import mas_partition
+
+    results = json.loads((mas_run / "results.json").read_text())
+    rounds = [np.array(h["federations"]["all"]["affinity"]) for h in results["history"][:2]]
+    matrix = np.array(results["affinity"]["matrix"])
+    np.testing.assert_allclose(matrix, np.mean(rounds, axis=0), rtol=1e-9)
+    assert not np.allclose(rounds[0], rounds[1])  # genuinely measured in each round
+    chosen = mas_partition(matrix, 2)
+    assert sorted(results["splits"]) == sorted("".join("sdnkt"[i] for i in g) for g in chosen.groups)
+    assert sorted("".join(results["splits"])) == sorted("sdnkt")
+    assert json.loads((mas_run / "affinity.json").read_text()) == results["affinity"]
+
+
+def test_each_split_starts_from_the_merged_encoder_and_its_decoders(mas_run: Path) -> None:
+    results = json.loads((mas_run / "results.json").read_text())
+    merged = torch.load(mas_run / "weights" / "merge-all.pt")
+    for group in results["splits"]:
+        init = torch.load(mas_run / "weights" / f"split-{group}-init.pt")
+        expected = {k for k in merged if k.startswith("encoder.")} | {
+            k for k in merged for t in group if k.startswith(f"decoders.{t}.")}
+        assert set(init) == expected
+        for key in expected:
+            assert torch.equal(init[key], merged[key]), key
+        final = torch.load(mas_run / "weights" / f"split-{group}.pt")
+        assert any(not torch.equal(final[k], init[k]) for k in init)  # and it trained afterwards
