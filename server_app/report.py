@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from logging import INFO
 from typing import Any
+
+from flwr.common.logger import log
 
 from mas_flower.energy import estimate_from_seconds
 from mas_flower.methods import Method, StageOutcome
@@ -52,7 +55,8 @@ def write_outputs(settings: Settings, method: Method, runner: FederatedRunner, o
         "config": settings.to_run_config(),
     }
     write_json(run_dir / RESULTS_FILE, results)
-    print(summary(results, run_dir), flush=True)
+    for line in summary(results, run_dir).splitlines():  # through Flower's logger: `flwr run --stream` shows it
+        log(INFO, "%s", line)
     return run_dir
 
 
