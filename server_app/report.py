@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from logging import INFO
+from pathlib import Path
 from typing import Any
 
 from flwr.common.logger import log
