@@ -1,10 +1,19 @@
-"""Federated methods by name (LibMTL-style: one file per method, registered on import)."""
+"""Federated methods by name (LibMTL-style): each module here holds one method and registers it.
+
+Every module of this package is imported on first use, so adding a method is adding a file.
+"""
 
 from __future__ import annotations
 
-from mas_flower.methods import fedavg, mas  # noqa: F401  (registration)
+import importlib
+import pkgutil
+
 from mas_flower.methods.base import FederationSpec, Method, Stage, StageOutcome, registry
 from mas_flower.settings import Settings
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def list_methods() -> list[str]:
