@@ -1,0 +1,144 @@
+"""Decoded-and-resized samples, cached in memory and (optionally) on disk as memory-mapped .npy.
+
+Decoding 512x512 PNGs costs milliseconds per file, far more than a small model's step, so each
+(building, domain, image size, source fingerprint) is decoded once and stored as raw resized values
+in the domain's native dtype (uint8/uint16): compact, and exact enough because the affine decode of
+tasks.py commutes with resizing and is applied per batch. Disk entries are written to a temporary
+file and renamed, so a killed run never leaves a half entry that looks complete; a per-building file
+lock makes concurrent processes (Ray workers) build an entry once and wait for each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX: fall back to in-process locking only
+    fcntl = None  # type: ignore[assignment]
+
+#: Bump when the stored content changes meaning (resizing rule, layout), to orphan old entries.
+FORMAT_VERSION = 1
+#: Bytes of in-RAM (not memory-mapped) arrays the process keeps before evicting the oldest.
+MEMORY_LIMIT_BYTES = 4 << 30
+
+_memory: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_memory_lock = threading.Lock()
+_build_locks: dict[tuple, threading.Lock] = {}
+
+
+def fingerprint(root: Path, paths: Iterable[Path], extra: str = "") -> str:
+    """Hash of the source files' names (relative to root), sizes and mtimes: changes when any source does."""
+    h = hashlib.sha256(f"v{FORMAT_VERSION}\n{extra}\n".encode())
+    for path in paths:
+        st = path.stat()
+        h.update(f"{path.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def clear_memory_cache() -> None:
+    """Forget every array held by this process (disk entries stay)."""
+    with _memory_lock:
+        _memory.clear()
+
+
+def _remember(key: tuple, array: np.ndarray) -> None:
+    with _memory_lock:
+        _memory[key] = array
+        _memory.move_to_end(key)
+        in_ram = [k for k, a in _memory.items() if not isinstance(a, np.memmap)]
+        total = sum(_memory[k].nbytes for k in in_ram)
+        for k in in_ram[:-1]:  # never evict the entry just added
+            if total <= MEMORY_LIMIT_BYTES:
+                break
+            total -= _memory.pop(k).nbytes
+
+
+class ArrayStore:
+    """Cached arrays of one building at one image size, named e.g. `normal-masked-depth_zbuffer-<fp>`."""
+
+    def __init__(self, root: Path, building: str, image_size: int, cache_dir: Path | None) -> None:
+        root_id = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
+        self._key = (root_id, building, image_size)
+        self.directory = None if cache_dir is None else Path(cache_dir) / f"{building}-{root_id}" / f"s{image_size}"
+
+    def get(self, name: str) -> np.ndarray | None:
+        """The stored array (memory first, then a memory-mapped disk entry), or None."""
+        key = (*self._key, name)
+        with _memory_lock:
+            if key in _memory:
+                _memory.move_to_end(key)
+                return _memory[key]
+        if self.directory is None:
+            return None
+        path = self.directory / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            return None
+        _remember(key, array)
+        return array
+
+    @contextlib.contextmanager
+    def building_lock(self) -> Iterator[None]:
+        """Exclusive right to build this store's entries, across threads and (with a disk) processes."""
+        with _memory_lock:
+            tlock = _build_locks.setdefault(self._key, threading.Lock())
+        with tlock:
+            if self.directory is None or fcntl is None:
+                yield
+                return
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(self.directory / ".lock", "a+b") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    self._remove_stale_temporaries()
+                    yield
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _remove_stale_temporaries(self) -> None:
+        # Only the lock holder writes, so any temporary seen now was left by a killed writer.
+        for tmp in self.directory.glob(".*.npy.tmp-*"):  # type: ignore[union-attr]
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    @contextlib.contextmanager
+    def writer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> Iterator[np.ndarray]:
+        """An array to fill; on normal exit it is published atomically under `name`, on error discarded."""
+        key = (*self._key, name)
+        if self.directory is None:
+            array = np.empty(shape, dtype)
+            yield array
+            _remember(key, array)
+            return
+        final = self.directory / f"{name}.npy"
+        tmp = self.directory / f".{name}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            yield out
+            out.flush()
+            del out
+            os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self._drop_superseded(name)
+        _remember(key, np.load(final, mmap_mode="r"))
+
+    def _drop_superseded(self, name: str) -> None:
+        """Delete older entries of the same array (same name up to the fingerprint): sources changed."""
+        stem = name.rsplit("-", 1)[0]
+        for old in self.directory.glob(f"{stem}-*.npy"):  # type: ignore[union-attr]
+            if old.name != f"{name}.npy" and old.name.rsplit("-", 1)[0] == stem:
+                with contextlib.suppress(OSError):
+                    old.unlink()

@@ -1,0 +1,118 @@
+"""The public loader: one building's views, split by point, served as decoded training batches.
+
+Samples are decoded from PNG once (see prepare.py and cache.py); a batch only gathers rows of the
+cached raw arrays and applies the affine decode of tasks.py, which is cheap enough for CPU training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mas_flower.data.prepare import MASK, index_building, load_arrays
+from mas_flower.data.split import SPLIT_NAMES, check_fractions, split_points
+from mas_flower.tasks import RGB_DOMAIN, Task, needs_mask, parse_tasks
+
+
+def open_building(root: Path, building: str, tasks: str, image_size: int, *,
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  cache_dir: Path | None = None) -> BuildingData:
+    """Index, validate and (once per cache) decode one building for the given task letters.
+
+    `cache_dir` None keeps decoded samples in this process's memory only; with a folder, they are
+    also memory-mapped from disk, shared by later runs and by concurrent processes.
+    """
+    task_list = parse_tasks(tasks)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    fractions = check_fractions(fractions)
+    index = index_building(Path(root), building, task_list)
+    arrays = load_arrays(index, image_size, None if cache_dir is None else Path(cache_dir))
+    return BuildingData(building, task_list, image_size, index.keys, arrays, fractions)
+
+
+class BuildingData:
+    """One building's samples at one image size, with its deterministic point-grouped splits."""
+
+    def __init__(self, building: str, tasks: list[Task], image_size: int, keys: list[tuple[int, int]],
+                 arrays: dict[str, np.ndarray], fractions: tuple[float, float, float]) -> None:
+        self.building = building
+        self.tasks = "".join(t.letter for t in tasks)
+        self.image_size = image_size
+        self.keys = keys
+        self._task_list = tasks
+        self._arrays = arrays
+        points = split_points(building, [p for p, _ in keys], fractions)
+        self._splits = {
+            name: SplitData(self, np.array([i for i, (p, _) in enumerate(keys) if p in points[name]], dtype=np.int64))
+            for name in SPLIT_NAMES
+        }
+
+    def split(self, name: str) -> SplitData:
+        if name not in self._splits:
+            raise ValueError(f"unknown split {name!r}; use one of {', '.join(SPLIT_NAMES)}")
+        return self._splits[name]
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(s) for name, s in self._splits.items()}
+
+    def __repr__(self) -> str:
+        return f"BuildingData({self.building!r}, tasks={self.tasks!r}, size={self.image_size}, {self.sizes()})"
+
+
+class SplitData:
+    """The samples of one split; `batches` yields dicts of tensors (see `_batch`)."""
+
+    def __init__(self, data: BuildingData, rows: np.ndarray) -> None:
+        self._data = data
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def keys(self) -> list[tuple[int, int]]:
+        """(point, view) of each sample, in order."""
+        return [self._data.keys[i] for i in self.rows]
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                generator: torch.Generator | None = None, drop_last: bool = False
+                ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches in order (or shuffled by `generator`); `augment` flips each sample left-right with p=1/2."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        n = len(self.rows)
+        order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+        for start in range(0, n, batch_size):
+            chosen = self.rows[order[start : start + batch_size]]
+            if drop_last and len(chosen) < batch_size:
+                return
+            batch = self._batch(chosen)
+            if augment:
+                _flip(batch, torch.rand(len(chosen), generator=generator) < 0.5, self._data._task_list)
+            yield batch
+
+    def _batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """"rgb" float (B,3,S,S) in [0,1]; per task letter the decoded target; "mask" bool (B,1,S,S)."""
+        arrays = self._data._arrays
+        raw = {name: torch.from_numpy(np.ascontiguousarray(a[rows])) for name, a in arrays.items()}
+        batch = {"rgb": raw[RGB_DOMAIN].float().div_(255.0)}
+        for t in self._data._task_list:
+            batch[t.letter] = t.decode(raw[t.domain])
+        if needs_mask(self._data.tasks):
+            batch["mask"] = raw[MASK]
+        return batch
+
+
+def _flip(batch: dict[str, torch.Tensor], flip: torch.Tensor, tasks: list[Task]) -> None:
+    """Mirror the chosen samples of every tensor in place, negating channels that change sign (normal x)."""
+    if not bool(flip.any()):
+        return
+    for value in batch.values():
+        value[flip] = value[flip].flip(-1)
+    for t in tasks:
+        if t.flip_negates is not None:
+            batch[t.letter][flip, t.flip_negates] *= -1

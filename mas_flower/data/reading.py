@@ -1,0 +1,101 @@
+"""Reading PNGs exactly as stored (8-bit stays uint8, 16-bit stays uint16), with format checks.
+
+Headers are parsed straight from the IHDR chunk (33 bytes) rather than through PIL, because PIL
+reports a 16-bit RGB PNG as 8-bit "RGB" and so cannot tell a wrong bit depth; this lets the loader
+and check-data validate every file before any decoding work starts.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_png, read_file
+
+from mas_flower.data.layout import DOMAIN_SPECS, DataError, DomainSpec
+from mas_flower.tasks import DEPTH_VALID_BELOW, MASK_DOMAIN, MASK_SOURCE_DOMAIN
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: PNG colour type -> (channels, name).
+_COLOR_TYPES = {0: (1, "grey"), 2: (3, "RGB"), 3: (1, "palette"), 4: (2, "grey+alpha"), 6: (4, "RGBA")}
+
+
+@dataclass(frozen=True)
+class PngHeader:
+    width: int
+    height: int
+    bit_depth: int
+    color_type: int
+
+    @property
+    def channels(self) -> int:
+        return _COLOR_TYPES[self.color_type][0]
+
+    def describe(self) -> str:
+        name = _COLOR_TYPES[self.color_type][1]
+        return f"{self.bit_depth}-bit {name}, {self.channels} channel{'s' * (self.channels > 1)}"
+
+
+def read_header(path: Path) -> PngHeader:
+    """Size, bit depth and colour type from the PNG's IHDR chunk; DataError if it is not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise DataError(f"{path}: not a PNG file (bad signature or header, {len(head)} bytes read)")
+    width, height, bit_depth, color_type = struct.unpack(">IIBB", head[16:26])
+    if color_type not in _COLOR_TYPES or width == 0 or height == 0:
+        raise DataError(f"{path}: corrupt PNG header (colour type {color_type}, size {width}x{height})")
+    return PngHeader(width, height, bit_depth, color_type)
+
+
+def format_problem(header: PngHeader, spec: DomainSpec) -> str | None:
+    """Why a file's storage does not match its domain (None if it does). Palette PNGs are refused:
+    decoding would give colours, not the class ids or values the domain stores."""
+    if header.color_type == 3 or header.channels != spec.channels or header.bit_depth not in spec.bits:
+        return f"{spec.name} must be {spec.describe()}, found {header.describe()}"
+    return None
+
+
+def check_header(path: Path, spec: DomainSpec, size: tuple[int, int] | None = None) -> PngHeader:
+    """Header of `path`, raising DataError on a wrong format or a (width, height) other than `size`."""
+    header = read_header(path)
+    problem = format_problem(header, spec)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
+    if size is not None and (header.width, header.height) != size:
+        raise DataError(
+            f"{path}: size {header.width}x{header.height} differs from its rgb image's {size[0]}x{size[1]}"
+        )
+    return header
+
+
+def read_png(path: Path, domain: str) -> np.ndarray:
+    """Decode `path` to a (C, H, W) uint8/uint16 array exactly as stored, checking its format."""
+    spec = DOMAIN_SPECS[domain]
+    try:
+        data = read_file(str(path))
+        image = decode_png(data, ImageReadMode.UNCHANGED)
+    except (RuntimeError, ValueError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        raise DataError(f"{path}: does not decode as PNG ({reason})") from err
+    bits = 16 if image.dtype == torch.uint16 else 8  # libpng widens 1/2/4-bit grey to 8
+    bits_ok = 16 in spec.bits if bits == 16 else any(b <= 8 for b in spec.bits)
+    if image.shape[0] != spec.channels or not bits_ok:
+        raise DataError(f"{path}: {spec.name} must be {spec.describe()}, decoded {bits}-bit with "
+                        f"{image.shape[0]} channels")
+    return image.numpy()
+
+
+def valid_pixels(domain: str, raw: np.ndarray) -> np.ndarray:
+    """Boolean valid-pixel mask from a mask-source image: `mask_valid` nonzero, or depth below the cut."""
+    if domain == MASK_DOMAIN:
+        return raw != 0
+    if domain == MASK_SOURCE_DOMAIN:
+        return raw < DEPTH_VALID_BELOW
+    raise ValueError(f"{domain!r} gives no valid-pixel mask (use {MASK_DOMAIN} or {MASK_SOURCE_DOMAIN})")
