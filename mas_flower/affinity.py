@@ -1,0 +1,229 @@
+"""Lookahead inter-task affinity (design.md section 4), measured by clients during local training.
+
+For a batch X, encoder parameters θ_s, decoders θ_j, learning rate η and weight decay λ:
+
+    θ_s|i  = θ_s − η (g_i + λ θ_s)                               (virtual step on task i alone)
+    Z[i,j] = (1 − L_j(X; θ_s|i, θ_j) / L_j(X; θ_s, θ_j)) / η
+
+Conventions (the choices the formula leaves open):
+- g_i is the encoder gradient that back-propagation of L_i alone puts in `.grad`, i.e. with the
+  network's 1/√n scaling of the gradient reaching the representation (as the reference's backward
+  and the real training step have it). The virtual step is plain SGD: no momentum, no FedProx term.
+  Weight decay applies to every trainable encoder parameter, as torch.optim.SGD does.
+- Only the encoder moves; decoders, inputs and the (augmented) batch are the same before and after.
+- Batch norm: the lookahead forward passes run in training mode, like the real step whose losses
+  L_j(θ_s) they are compared with, so both use the batch's statistics. Every buffer they touch
+  (running mean/var, num_batches_tracked) is restored bit for bit afterwards, as are the encoder
+  weights and the global RNG state, so measuring never changes the training trajectory.
+- L_j(θ_s) is taken from the real training step's forward pass (no extra forward). A task whose
+  L_j(θ_s) is 0 gets Z[:, j] = 0 (nothing to improve).
+
+Cost per lookahead batch (exact): one batched vector-Jacobian product through the encoder for the n
+per-task gradients (from the training step's own forward graph) and n no-grad forward passes.
+
+First-order mode (`mode="first_order"`): a first-order Taylor expansion of L_j around θ_s gives
+    L_j(θ_s − η d_i) = L_j(θ_s) − η ⟨∇L_j, d_i⟩ + O(η²),  d_i = g_i + λ θ_s,
+    so Z[i,j] = ⟨g_i + λ θ_s, ∇L_j⟩ / L_j(θ_s) + O(η),
+where ∇L_j is the true derivative of L_j with respect to θ_s, i.e. g_j divided by the network's
+gradient scale s = 1/√n (`net.grad_scale`). It needs the per-task gradients only: no extra forward
+passes, and it is the limit of the exact value as η → 0.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], str], Mapping[str, Tensor]]
+AFFINITY_MODES = ("exact", "first_order")
+
+
+def is_lookahead_batch(batch_index: int, epoch: int, every: int, first_epoch_only: bool = False) -> bool:
+    """Whether the batch measures affinity.
+
+    Batches are numbered 0, 1, 2, ... from the start of the local training, continuing across epochs;
+    batch b measures when `every` > 0 and b % every == 0 (so the first batch always does), and,
+    with `first_epoch_only`, only while `epoch` (0-based) is 0.
+    """
+    if every <= 0 or (first_epoch_only and epoch > 0):
+        return False
+    return batch_index % every == 0
+
+
+@dataclass
+class AffinityAccumulator:
+    """Running mean of the per-batch affinity matrices of one local training."""
+
+    tasks: str
+    total: np.ndarray = field(init=False)
+    count: int = 0
+    #: Batches whose matrix had a non-finite entry (diverged losses): left out of the mean.
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        self.total = np.zeros((len(self.tasks), len(self.tasks)))
+
+    def add(self, z: np.ndarray) -> None:
+        if z.shape != self.total.shape:
+            raise ValueError(f"affinity matrix of shape {z.shape} for tasks {self.tasks!r}")
+        if not np.all(np.isfinite(z)):
+            self.skipped += 1
+            warnings.warn("lookahead affinity: non-finite losses on a batch; batch left out", stacklevel=2)
+            return
+        self.total += z
+        self.count += 1
+
+    def mean(self) -> np.ndarray | None:
+        return self.total / self.count if self.count else None
+
+
+def _default_loss_fn() -> LossFn:
+    from mas_flower.losses import task_losses
+
+    return task_losses
+
+
+def encoder_params(net: nn.Module) -> list[nn.Parameter]:
+    """The shared, trainable encoder parameters (the ones the lookahead steps)."""
+    return [p for p in net.encoder.parameters() if p.requires_grad]
+
+
+def task_encoder_gradients(rep: Tensor, losses: Mapping[str, Tensor], tasks: str,
+                           params: Sequence[Tensor]) -> list[list[Tensor | None]]:
+    """Per-task encoder gradients from one shared forward pass; the graph is kept for the real backward.
+
+    First ∂L_i/∂rep for every task (each through its own decoder only), then one batched
+    vector-Jacobian product through the encoder for all tasks at once (`is_grads_batched`), falling
+    back to one product per task where batching is not supported. Entry [i][k] is task i's gradient
+    of params[k] (None where the parameter does not influence the representation).
+    """
+    rep_grads = [torch.autograd.grad(losses[c], rep, retain_graph=True)[0] for c in tasks]
+    try:
+        batched = torch.autograd.grad(rep, list(params), grad_outputs=torch.stack(rep_grads),
+                                      retain_graph=True, is_grads_batched=True, allow_unused=True)
+        return [[None if g is None else g[i] for g in batched] for i in range(len(tasks))]
+    except RuntimeError:  # an op without a batching rule: one product per task
+        return [list(torch.autograd.grad(rep, list(params), grad_outputs=g, retain_graph=True,
+                                         allow_unused=True)) for g in rep_grads]
+
+
+@contextmanager
+def preserved_state(net: nn.Module) -> Iterator[None]:
+    """Restore every buffer of `net` (batch-norm statistics) and the global RNG state on exit."""
+    buffers = [(b, b.detach().clone()) for b in net.buffers()]
+    devices = sorted({b.device.index or 0 for b in net.buffers() if b.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        try:
+            yield
+        finally:
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _as_float(losses: Mapping[str, Tensor], tasks: str) -> np.ndarray:
+    return np.array([float(losses[c].detach()) for c in tasks], dtype=np.float64)
+
+
+def _ratio_affinity(before: np.ndarray, after: np.ndarray, lr: float) -> np.ndarray:
+    """Z[i,j] = (1 − after[i,j] / before[j]) / lr, with Z[:, j] = 0 where before[j] == 0."""
+    safe = np.where(before == 0.0, 1.0, before)
+    z = (1.0 - after / safe[None, :]) / lr
+    z[:, before == 0.0] = 0.0
+    return z
+
+
+def lookahead_from_gradients(net: nn.Module, batch: Mapping[str, Tensor], base_losses: Mapping[str, Tensor],
+                             grads: Sequence[Sequence[Tensor | None]], *, lr: float, weight_decay: float,
+                             mode: str = "exact", loss_fn: LossFn | None = None,
+                             autocast: Callable[[], AbstractContextManager] = nullcontext) -> np.ndarray:
+    """The n × n affinity of one batch from the per-task encoder gradients (`task_encoder_gradients`).
+
+    `base_losses` are L_j(θ_s) from the same forward pass the gradients came from. Exact mode steps
+    the encoder in place and runs n forward passes in `net`'s current mode; it must run after the
+    training step's backward (which needs the unmodified weights) and before its optimiser step.
+    Weights, buffers and RNG state are restored exactly.
+    """
+    if mode not in AFFINITY_MODES:
+        raise ValueError(f"affinity mode {mode!r} must be one of {AFFINITY_MODES}")
+    if lr <= 0:
+        raise ValueError(f"lookahead affinity needs a positive learning rate, got lr={lr}")
+    tasks: str = net.tasks
+    params = encoder_params(net)
+    before = _as_float(base_losses, tasks)
+    if mode == "first_order":
+        return _first_order(params, grads, before, weight_decay, float(net.grad_scale))
+    loss_fn = loss_fn or _default_loss_fn()
+    after = np.zeros((len(tasks), len(tasks)))
+    saved = [p.detach().clone() for p in params]
+    with preserved_state(net):
+        try:
+            for i in range(len(tasks)):
+                for p, g in zip(params, grads[i], strict=True):
+                    if g is not None:  # as torch.optim.SGD: no gradient, no step (no decay either)
+                        p.add_(g.add(p, alpha=weight_decay), alpha=-lr)
+                with autocast():
+                    out = net.decode(net.encode(batch["rgb"]))
+                    after[i] = _as_float(loss_fn(out, batch, tasks), tasks)
+                for p, s in zip(params, saved, strict=True):
+                    p.copy_(s)
+        finally:
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+    return _ratio_affinity(before, after, lr)
+
+
+def _first_order(params: Sequence[Tensor], grads: Sequence[Sequence[Tensor | None]], before: np.ndarray,
+                 weight_decay: float, grad_scale: float) -> np.ndarray:
+    """Z[i,j] = ⟨g_i + λθ, g_j / s⟩ / L_j (module docstring), accumulated per parameter in float64."""
+    n = len(grads)
+    dots = torch.zeros(n, n, dtype=torch.float64, device=params[0].device if params else "cpu")
+    for k, p in enumerate(params):
+        present = [i for i in range(n) if grads[i][k] is not None]
+        if not present:
+            continue
+        g = torch.stack([grads[i][k].reshape(-1).double() for i in present])  # (m, P_k)
+        theta = p.detach().reshape(-1).double()
+        block = g @ g.T  # ⟨g_i, g_j⟩
+        decay = (g @ theta) * weight_decay  # λ⟨θ, g_j⟩, added to every row i that steps p
+        idx = torch.tensor(present, device=dots.device)
+        dots[idx[:, None], idx[None, :]] += block + decay[None, :]
+    z = dots.cpu().numpy() / grad_scale
+    safe = np.where(before == 0.0, 1.0, before)
+    z = z / safe[None, :]
+    z[:, before == 0.0] = 0.0
+    return z
+
+
+def batch_affinity(net: nn.Module, batch: Mapping[str, Tensor], *, lr: float, weight_decay: float,
+                   mode: str = "exact", loss_fn: LossFn | None = None,
+                   autocast: Callable[[], AbstractContextManager] = nullcontext) -> np.ndarray:
+    """The affinity of one batch on its own (its own forward pass); `net` is left exactly as it was.
+
+    Runs in `net`'s current mode (use training mode to match what clients measure during training).
+    """
+    loss_fn = loss_fn or _default_loss_fn()
+    params = encoder_params(net)
+    with preserved_state(net), torch.enable_grad():
+        with autocast():
+            rep = net.encode(batch["rgb"])
+            out = net.decode(rep)
+            losses = loss_fn(out, batch, net.tasks)
+        grads = task_encoder_gradients(rep, losses, net.tasks, params)
+        del out, rep
+        return lookahead_from_gradients(net, batch, {c: v.detach() for c, v in losses.items()}, grads,
+                                        lr=lr, weight_decay=weight_decay, mode=mode, loss_fn=loss_fn,
+                                        autocast=autocast)
+
+
+def affinity_to_json(tasks: str, matrix: np.ndarray | None) -> dict[str, object] | None:
+    """The results.json / `mas-flower split` form: {"tasks": "...", "matrix": [[...]]} (Z[i→j])."""
+    if matrix is None:
+        return None
+    return {"tasks": tasks, "matrix": [[float(v) if math.isfinite(v) else None for v in row] for row in matrix]}

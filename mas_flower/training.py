@@ -1,0 +1,284 @@
+"""Local training and evaluation of a multi-task network on one client's data (plain PyTorch, no Flower).
+
+One call of `train_local` is one client's work in one round: E epochs of SGD (momentum, weight
+decay) at the learning rate the server chose for the round, optionally with FedProx's proximal term,
+a loss weighting (`mas_flower.weighting`) and the lookahead affinity (`mas_flower.affinity`).
+Shuffling and flip augmentation draw from a generator seeded by `cfg.seed`, never from the global
+RNG, so the same seed gives the same weights on CPU and measuring affinity changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mas_flower.affinity import (
+    AFFINITY_MODES,
+    AffinityAccumulator,
+    LossFn,
+    encoder_params,
+    is_lookahead_batch,
+    lookahead_from_gradients,
+    task_encoder_gradients,
+)
+from mas_flower.weighting import Weighting, get_weighting, list_weightings
+
+
+class SplitData(Protocol):
+    """What training needs from a data split (`mas_flower.data`'s SplitData has it)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                generator: torch.Generator | None = None, drop_last: bool = False
+                ) -> Iterator[dict[str, Tensor]]: ...
+
+
+@dataclass
+class TrainConfig:
+    """One client's local training in one round (the server sets `lr` per round)."""
+
+    lr: float
+    epochs: int = 1
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    #: FedProx μ: adds μ/2·‖w − w_received‖² over trainable parameters (not batch-norm buffers).
+    prox_mu: float = 0.0
+    weighting: str = "equal"
+    gradnorm_alpha: float = 1.5
+    #: ρ: measure the lookahead affinity on every ρ-th batch (0 = off); see `is_lookahead_batch`.
+    affinity_every: int = 0
+    affinity_mode: str = "exact"
+    affinity_first_epoch_only: bool = False
+    seed: int = 0
+    augment: bool = True
+    #: bf16 autocast on CUDA devices that support it (ignored on CPU).
+    amp: bool = True
+    #: CPU threads while training (None: leave torch's setting alone). Set it when several clients
+    #: share one machine, so that together they do not oversubscribe the cores.
+    num_threads: int | None = None
+
+    def validate(self) -> None:
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"lr={self.lr} must be positive")
+        if self.epochs < 1 or self.batch_size < 1:
+            problems.append(f"epochs={self.epochs} and batch_size={self.batch_size} must be at least 1")
+        if self.momentum < 0 or self.weight_decay < 0 or self.prox_mu < 0:
+            problems.append("momentum, weight_decay and prox_mu must be non-negative")
+        if self.weighting not in list_weightings():
+            problems.append(f"weighting={self.weighting!r} is not one of {', '.join(list_weightings())}")
+        if self.affinity_every < 0:
+            problems.append(f"affinity_every={self.affinity_every} must be >= 0 (0 = off)")
+        if self.affinity_mode not in AFFINITY_MODES:
+            problems.append(f"affinity_mode={self.affinity_mode!r} must be one of {AFFINITY_MODES}")
+        if self.num_threads is not None and self.num_threads < 1:
+            problems.append(f"num_threads={self.num_threads} must be at least 1")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+
+@dataclass
+class TrainResult:
+    #: Example-weighted mean per-task training loss over every batch of the run.
+    losses: dict[str, float]
+    #: Training samples in the split (the FedAvg weight).
+    num_examples: int
+    seconds: float
+    #: n × n mean lookahead affinity, Z[i, j] = effect of task i's step on task j; None if not measured.
+    affinity: np.ndarray | None = None
+    affinity_count: int = 0
+    #: Part of `seconds` spent measuring affinity (beyond the training step itself).
+    affinity_seconds: float = 0.0
+    steps: int = 0
+    #: Task weights at the end (all 1 for equal weighting).
+    task_weights: dict[str, float] = field(default_factory=dict)
+
+
+def pick_device(prefer: str = "auto") -> torch.device:
+    """`"auto"`: the first CUDA device if there is one, else the CPU; otherwise the named device, checked."""
+    if prefer == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(prefer)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {prefer!r} requested but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {prefer!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def _autocast(device: torch.device, amp: bool) -> Callable[[], AbstractContextManager]:
+    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Pinned, non-blocking copies on CUDA (images channels-last); the batch itself on CPU."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    out = {}
+    for k, v in batch.items():
+        v = v if v.is_pinned() else v.pin_memory()
+        v = v.to(device, non_blocking=True)
+        out[k] = v.contiguous(memory_format=torch.channels_last) if k == "rgb" else v
+    return out
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _prepare(net: nn.Module, device: torch.device) -> tuple[torch.device, bool]:
+    """Move `net` to `device` (channels-last on CUDA); return where it was and whether it trained."""
+    params = list(net.parameters())
+    origin = params[0].device if params else torch.device("cpu")
+    was_training = net.training
+    if device.type == "cuda":
+        net.to(device, memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed image size: let cuDNN pick the fastest kernels
+    else:
+        net.to(device)
+    return origin, was_training
+
+
+def _restore(net: nn.Module, origin: torch.device, was_training: bool) -> None:
+    net.to(origin, memory_format=torch.contiguous_format)
+    net.train(was_training)
+
+
+def _loss_fn(loss_fn: LossFn | None) -> LossFn:
+    if loss_fn is not None:
+        return loss_fn
+    from mas_flower.losses import task_losses
+
+    return task_losses
+
+
+def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch.device | str = "cpu", *,
+                weighting: Weighting | None = None, loss_fn: LossFn | None = None) -> TrainResult:
+    """Train `net` in place for `cfg.epochs` epochs on `data`; the network ends on the device it came on.
+
+    `weighting` may carry state across calls (e.g. GradNorm's weights); by default a fresh
+    `cfg.weighting` is made. Lookahead batches compute the per-task encoder gradients from the
+    training step's own forward pass and run after its backward, before the optimiser step
+    (`mas_flower.affinity`), leaving weights, gradients, buffers and RNG exactly as they were.
+    """
+    cfg.validate()
+    num_examples = len(data)
+    if num_examples == 0:
+        raise ValueError("train_local: the training split is empty")
+    device = torch.device(device)
+    loss_fn = _loss_fn(loss_fn)
+    tasks: str = net.tasks
+    if weighting is None:
+        options = {"alpha": cfg.gradnorm_alpha} if cfg.weighting == "gradnorm" else {}
+        weighting = get_weighting(cfg.weighting, tasks, **options)
+    start = time.perf_counter()
+    origin, was_training = _prepare(net, device)
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    enc = encoder_params(net)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    autocast = _autocast(device, cfg.amp)
+    accumulator = AffinityAccumulator(tasks)
+    loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    seen = steps = 0
+    affinity_seconds = 0.0
+    with _threads(cfg.num_threads):
+        for epoch in range(cfg.epochs):
+            for batch in data.batches(cfg.batch_size, shuffle=True, augment=cfg.augment, generator=generator,
+                                      drop_last=False):
+                batch = _to_device(batch, device)
+                measure = is_lookahead_batch(steps, epoch, cfg.affinity_every, cfg.affinity_first_epoch_only)
+                with autocast():
+                    rep = net.encode(batch["rgb"])
+                    losses = loss_fn(net.decode(rep), batch, tasks)
+                if measure:
+                    t0 = time.perf_counter()
+                    grads = task_encoder_gradients(rep, losses, tasks, enc)
+                    affinity_seconds += time.perf_counter() - t0
+                optimizer.zero_grad(set_to_none=True)
+                weighting.backward(losses, net, rep=rep)
+                if anchor is not None:
+                    _add_prox_gradient(params, anchor, cfg.prox_mu)
+                if measure:
+                    t0 = time.perf_counter()
+                    accumulator.add(lookahead_from_gradients(
+                        net, batch, {c: v.detach() for c, v in losses.items()}, grads, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay, mode=cfg.affinity_mode, loss_fn=loss_fn,
+                        autocast=autocast))
+                    del grads
+                    affinity_seconds += time.perf_counter() - t0
+                optimizer.step()
+                weighting.step()
+                size = batch["rgb"].shape[0]
+                loss_sums += torch.stack([losses[c].detach().double() for c in tasks]) * size
+                seen += size
+                steps += 1
+    mean_losses = dict(zip(tasks, (loss_sums / max(seen, 1)).tolist(), strict=True))
+    _restore(net, origin, was_training)
+    return TrainResult(
+        losses=mean_losses, num_examples=num_examples, seconds=time.perf_counter() - start,
+        affinity=accumulator.mean(), affinity_count=accumulator.count, affinity_seconds=affinity_seconds,
+        steps=steps, task_weights=weighting.weights,
+    )
+
+
+def _add_prox_gradient(params: list[Tensor], anchor: list[Tensor], mu: float) -> None:
+    """∇ of μ/2·‖w − w₀‖² is μ(w − w₀): added straight to `.grad` (no graph needed)."""
+    with torch.no_grad():
+        for p, a in zip(params, anchor, strict=True):
+            if p.grad is not None:
+                p.grad.add_(p - a, alpha=mu)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, data: SplitData, batch_size: int = 64, device: torch.device | str = "cpu", *,
+             loss_fn: LossFn | None = None, amp: bool = True) -> tuple[dict[str, float], int]:
+    """Example-weighted mean per-task loss over `data` in eval mode (running BN statistics), and the count.
+
+    Each batch's loss (the training definition, `mas_flower.losses`) is weighted by its size.
+    """
+    n = len(data)
+    if n == 0:
+        raise ValueError("evaluate: the split is empty")
+    device = torch.device(device)
+    loss_fn = _loss_fn(loss_fn)
+    tasks: str = net.tasks
+    origin, was_training = _prepare(net, device)
+    net.eval()
+    autocast = _autocast(device, amp)
+    sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    seen = 0
+    for batch in data.batches(batch_size, shuffle=False, augment=False):
+        batch = _to_device(batch, device)
+        with autocast():
+            losses = loss_fn(net(batch["rgb"]), batch, tasks)
+        size = batch["rgb"].shape[0]
+        sums += torch.stack([losses[c].double() for c in tasks]) * size
+        seen += size
+    _restore(net, origin, was_training)
+    if seen != n:
+        raise ValueError(f"evaluate: the split has {n} samples but its batches gave {seen}")
+    return dict(zip(tasks, (sums / seen).tolist(), strict=True)), seen

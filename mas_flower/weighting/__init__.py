@@ -1,0 +1,13 @@
+"""Loss-weighting methods by name (LibMTL-style: one small file per method, registered on import).
+
+The trainer calls, once per step, `weighting.backward(losses, net)` (which leaves the network's
+gradients in `.grad` and returns the weighted loss, detached) and, after the optimiser step,
+`weighting.step()`. Methods that keep learnable state (GradNorm) update it there.
+"""
+
+from __future__ import annotations
+
+from mas_flower.weighting import equal, gradnorm  # noqa: F401  (registration)
+from mas_flower.weighting.base import Weighting, get_weighting, list_weightings
+
+__all__ = ["Weighting", "get_weighting", "list_weightings"]

@@ -1,0 +1,69 @@
+"""The shared interface of loss-weighting methods and the name registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+
+class Weighting(ABC):
+    """Turns per-task losses into parameter gradients for one training step."""
+
+    name: str = ""
+
+    def __init__(self, tasks: str) -> None:
+        self.tasks = tasks
+
+    @abstractmethod
+    def backward(self, losses: Mapping[str, Tensor], net: nn.Module, rep: Tensor | None = None) -> Tensor:
+        """Back-propagate the weighted loss into `net`'s `.grad`; return the weighted loss, detached.
+
+        `rep` is the shared representation of this step's forward pass, for methods that need it.
+        """
+
+    def step(self) -> None:
+        """Called once after the optimiser step (learnable weights update here)."""
+        return None
+
+    def _ordered(self, losses: Mapping[str, Tensor]) -> list[Tensor]:
+        missing = [c for c in self.tasks if c not in losses]
+        if missing:
+            raise KeyError(f"{self.name}: no loss for task(s) {''.join(missing)!r} (got {''.join(losses)!r})")
+        return [losses[c] for c in self.tasks]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Current task weights (1 for every task unless the method learns them)."""
+        return dict.fromkeys(self.tasks, 1.0)
+
+
+_REGISTRY: dict[str, type[Weighting]] = {}
+
+
+def register_weighting(name: str) -> Callable[[type[Weighting]], type[Weighting]]:
+    """Class decorator: make a weighting available as `get_weighting("<name>")`."""
+
+    def decorate(cls: type[Weighting]) -> type[Weighting]:
+        if name in _REGISTRY:
+            raise ValueError(f"weighting {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_weightings() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_weighting(name: str, tasks: str, **kwargs: Any) -> Weighting:
+    """A fresh weighting `name` for the task string `tasks`; options go to its constructor."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown weighting {name!r}; known: {', '.join(list_weightings())}") from None
+    return cls(tasks, **kwargs)

@@ -1,0 +1,101 @@
+"""GradNorm (Chen et al., ICML 2018): learn task weights that balance gradient norms at a shared layer.
+
+Each step, with task weights w_i and losses L_i:
+  G_i = ||∇_W (w_i L_i)|| at the shared layer W,  Ḡ = mean_i G_i,
+  r_i = (L_i / L_i(0)) / mean_k (L_k / L_k(0))   (relative inverse training rate; L(0) = first step),
+  L_grad = Σ_i |G_i − Ḡ · r_i^α|                 (Ḡ · r_i^α held constant),
+the network trains on Σ_i w_i L_i while w gets ∂L_grad/∂w from its own optimiser (Adam), and after
+every step the weights are clipped to stay positive and renormalised to sum to n, as in Standley's and
+TAG's implementations. Only the weights' gradient uses L_grad; the network never sees it.
+
+W is the encoder's last parameterised layer (the last encoder parameter with at least two
+dimensions: a convolution or linear weight), or with `shared="rep"` the shared representation
+(cheaper; then the trainer must pass `rep`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mas_flower.weighting.base import Weighting, register_weighting
+
+#: Weights are clipped to at least this before renormalising, so they stay strictly positive.
+MIN_WEIGHT = 1e-3
+
+
+def last_shared_weight(net: nn.Module) -> nn.Parameter:
+    """The encoder's last parameter with ≥ 2 dimensions (its last convolution or linear layer)."""
+    encoder = getattr(net, "encoder", None)
+    if encoder is None:
+        raise ValueError("GradNorm needs a network with a shared `encoder` module")
+    candidates = [p for p in encoder.parameters() if p.requires_grad and p.ndim >= 2]
+    if not candidates:
+        raise ValueError("GradNorm: the encoder has no trainable convolution or linear weight")
+    return candidates[-1]
+
+
+@register_weighting("gradnorm")
+class GradNorm(Weighting):
+    def __init__(self, tasks: str, alpha: float = 1.5, lr: float = 0.025, shared: str = "last_layer") -> None:
+        super().__init__(tasks)
+        if alpha < 0:
+            raise ValueError(f"GradNorm alpha={alpha} must be non-negative")
+        if shared not in ("last_layer", "rep"):
+            raise ValueError(f"GradNorm shared={shared!r} must be 'last_layer' or 'rep'")
+        self.alpha = alpha
+        self.lr = lr
+        self.shared = shared
+        self.w: Tensor | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        #: L_i(0): the task losses at the first step this object saw.
+        self.initial: Tensor | None = None
+
+    def _ensure_state(self, device: torch.device) -> Tensor:
+        if self.w is None:
+            self.w = torch.ones(len(self.tasks), device=device, requires_grad=True)
+            self.optimizer = torch.optim.Adam([self.w], lr=self.lr)
+        return self.w
+
+    def backward(self, losses: Mapping[str, Tensor], net: nn.Module, rep: Tensor | None = None) -> Tensor:
+        task_losses = torch.stack(self._ordered(losses))
+        w = self._ensure_state(task_losses.device)
+        if self.shared == "rep":
+            if rep is None:
+                raise ValueError("GradNorm(shared='rep') needs the shared representation `rep`")
+            layer = rep
+        else:
+            layer = last_shared_weight(net)
+        norms = torch.stack([
+            torch.autograd.grad(task_losses[i], layer, retain_graph=True)[0].float().norm()
+            for i in range(len(self.tasks))
+        ])
+        detached = task_losses.detach()
+        if self.initial is None:
+            self.initial = detached.clone()
+        ratio = detached / self.initial
+        relative = ratio / ratio.mean()
+        grad_norms = w * norms  # ||∇_W (w_i L_i)|| = w_i ||∇_W L_i|| (w_i > 0)
+        target = (grad_norms.mean() * relative**self.alpha).detach()
+        gn_loss = (grad_norms - target).abs().sum()
+        w.grad = torch.autograd.grad(gn_loss, w)[0]
+        total = (w.detach() * task_losses).sum()
+        total.backward()
+        return total.detach()
+
+    def step(self) -> None:
+        if self.w is None or self.optimizer is None:
+            return
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.w.clamp_(min=MIN_WEIGHT)
+            self.w.mul_(len(self.tasks) / self.w.sum())
+
+    @property
+    def weights(self) -> dict[str, float]:
+        if self.w is None:
+            return super().weights
+        return {c: float(v) for c, v in zip(self.tasks, self.w.detach().cpu().tolist(), strict=True)}
