@@ -8,12 +8,12 @@ and check-data validate every file before any decoding work starts.
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.io import ImageReadMode, decode_png, read_file
+from PIL import Image
 
 from mas_flower.data.layout import DOMAIN_SPECS, DataError, DomainSpec
 from mas_flower.tasks import DEPTH_VALID_BELOW, MASK_DOMAIN, MASK_SOURCE_DOMAIN
@@ -76,20 +76,29 @@ def check_header(path: Path, spec: DomainSpec, size: tuple[int, int] | None = No
 
 
 def read_png(path: Path, domain: str) -> np.ndarray:
-    """Decode `path` to a (C, H, W) uint8/uint16 array exactly as stored, checking its format."""
+    """Decode `path` to a (C, H, W) uint8/uint16 array exactly as stored, checking its format.
+
+    PIL (not torchvision.io, whose image decoding is deprecated since 0.29) gives 16-bit grey as
+    uint16; the IHDR check comes first because PIL would silently narrow 16-bit RGB to 8 bits.
+    """
     spec = DOMAIN_SPECS[domain]
+    header = check_header(path, spec)
     try:
-        data = read_file(str(path))
-        image = decode_png(data, ImageReadMode.UNCHANGED)
-    except (RuntimeError, ValueError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        with Image.open(path) as im:
+            im.load()
+            array = np.asarray(im)
+    except (OSError, ValueError, SyntaxError, EOFError, zlib.error) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{path}: does not decode as PNG ({reason})") from err
-    bits = 16 if image.dtype == torch.uint16 else 8  # libpng widens 1/2/4-bit grey to 8
-    bits_ok = 16 in spec.bits if bits == 16 else any(b <= 8 for b in spec.bits)
-    if image.shape[0] != spec.channels or not bits_ok:
-        raise DataError(f"{path}: {spec.name} must be {spec.describe()}, decoded {bits}-bit with "
-                        f"{image.shape[0]} channels")
-    return image.numpy()
+    want_dtype = np.uint16 if header.bit_depth == 16 else np.uint8
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3:
+        array = array.transpose(2, 0, 1)
+    if array.shape != (spec.channels, header.height, header.width):
+        raise DataError(f"{path}: decoded to {array.dtype} {array.shape}, expected {spec.channels} channels of "
+                        f"{header.height}x{header.width}")
+    return np.ascontiguousarray(array, dtype=want_dtype)
 
 
 def valid_pixels(domain: str, raw: np.ndarray) -> np.ndarray:

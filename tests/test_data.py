@@ -1,0 +1,380 @@
+"""The Taskonomy loader on hand-made PNGs with known raw values (design.md section 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mas_flower.data.prepare as prepare
+from mas_flower.data import DataError, clear_memory_cache, list_buildings, open_building
+from mas_flower.data.split import split_counts, split_points
+from tests.taskonomy_pngs import ALL, grid, make_dataset, view_path, write_png
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_cache():
+    clear_memory_cache()
+    yield
+    clear_memory_cache()
+
+
+def _const(value, size: int = 4, channels: int = 1) -> np.ndarray:
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    return np.broadcast_to(np.asarray(value), shape).copy()
+
+
+def _known_view(root: Path, building: str = "b", key=(0, 0), mask_valid: np.ndarray | None = None) -> Path:
+    """A 4x4 view whose every domain holds known raw values."""
+    p, v = key
+    depth = _const(2500)
+    depth[0, 0], depth[0, 1], depth[0, 2] = 8191, 8192, 65535
+    write_png(view_path(root, "rgb", building, p, v), _const((255, 0, 51), channels=3), 8)
+    write_png(view_path(root, "depth_zbuffer", building, p, v), depth, 16)
+    write_png(view_path(root, "normal", building, p, v), _const((255, 0, 128), channels=3), 8)
+    write_png(view_path(root, "keypoints2d", building, p, v), _const(150), 16)
+    write_png(view_path(root, "edge_texture", building, p, v), _const(1788), 16)
+    write_png(view_path(root, "edge_occlusion", building, p, v), _const(300), 16)
+    write_png(view_path(root, "reshading", building, p, v), _const((10, 20, 30), channels=3), 8)
+    write_png(view_path(root, "principal_curvature", building, p, v), _const((100, 200, 50), channels=3), 8)
+    seg = _const(0)
+    seg[1, :] = 5
+    seg[2, :] = 17
+    write_png(view_path(root, "segment_semantic", building, p, v), seg, 8)
+    if mask_valid is not None:
+        write_png(view_path(root, "mask_valid", building, p, v), mask_valid, 8)
+    return root
+
+
+def _one_batch(data, split: str = "train", **kw) -> dict[str, torch.Tensor]:
+    return next(iter(data.split(split).batches(64, **kw)))
+
+
+def test_decoded_targets_match_design_table(tmp_path):
+    root = _known_view(tmp_path / "ds")
+    data = open_building(root, "b", "sdnkterca", 4, fractions=(1.0, 0.0, 0.0))
+    b = _one_batch(data)
+    assert b["rgb"].dtype == torch.float32 and b["rgb"].shape == (1, 3, 4, 4)
+    assert torch.allclose(b["rgb"][0, :, 0, 0], torch.tensor([1.0, 0.0, 0.2]))
+    assert torch.equal(b["a"], b["rgb"])
+    assert b["d"][0, 0, 3, 3].item() == pytest.approx(1.0)  # (2500 - 1500) / 1000
+    assert b["n"][0, :, 3, 3].tolist() == pytest.approx([1.0, -1.0, 128 / 255 * 2 - 1], abs=1e-6)
+    assert b["k"][0, 0, 3, 3].item() == pytest.approx(1.0)
+    assert b["t"][0, 0, 3, 3].item() == pytest.approx(1.0)
+    assert b["e"][0, 0, 3, 3].item() == pytest.approx((300 - 56.0248) / 239.1265)
+    assert b["r"].shape == (1, 1, 4, 4)
+    assert b["r"][0, 0, 3, 3].item() == pytest.approx((20 / 255 - 0.4962) / 0.2846, rel=1e-5)
+    assert b["c"].shape == (1, 2, 4, 4)
+    assert b["c"][0, :, 3, 3].tolist() == pytest.approx(
+        [(100 / 255 - 0.5175) / 0.1373, (200 / 255 - 0.4987) / 0.0359], rel=1e-5)
+    assert b["s"].dtype == torch.int64 and b["s"].shape == (1, 4, 4)
+    assert b["s"][0, :, 0].tolist() == [0, 5, 17, 0]
+    # mask from depth: valid strictly below 8192; 65535 = no value
+    assert b["mask"].dtype == torch.bool and b["mask"].shape == (1, 1, 4, 4)
+    assert b["mask"][0, 0, 0, :3].tolist() == [True, False, False]
+    assert int(b["mask"].sum()) == 14
+
+
+def test_mask_valid_takes_precedence_over_depth(tmp_path):
+    mv = _const(255)
+    mv[3, 3] = 0
+    root = _known_view(tmp_path / "ds", mask_valid=mv)
+    b = _one_batch(open_building(root, "b", "d", 4, fractions=(1.0, 0.0, 0.0)))
+    assert b["mask"][0, 0].numpy().tolist() == (mv != 0).tolist()
+
+
+def test_mask_needs_depth_even_when_d_not_requested(tmp_path):
+    root = _known_view(tmp_path / "ds")
+    b = _one_batch(open_building(root, "b", "n", 4, fractions=(1.0, 0.0, 0.0)))
+    assert set(b) == {"rgb", "n", "mask"} and int(b["mask"].sum()) == 14
+    assert "mask" not in _one_batch(open_building(root, "b", "kts", 4, fractions=(1.0, 0.0, 0.0)))
+    os.rename(root / "depth_zbuffer", tmp_path / "gone")
+    with pytest.raises(DataError, match=r"mask_valid/b.*depth_zbuffer/b"):
+        open_building(root, "b", "n", 4)
+    open_building(root, "b", "kta", 4)  # unmasked tasks do not need a mask source
+
+
+def test_segmentsemantic_alias(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "segment_semantic"), size=6,
+                        folders={"segment_semantic": "segmentsemantic"})
+    assert (root / "segmentsemantic" / "b" / "point_0_view_0_domain_segmentsemantic.png").exists()
+    data = open_building(root, "b", "s", 6)
+    assert sum(data.sizes().values()) == 3
+    b = _one_batch(data)
+    assert b["s"].dtype == torch.int64 and int(b["s"].max()) < 18
+
+
+def test_flip_mirrors_everything_and_negates_normal_x(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(16, 1)}, ("rgb", "depth_zbuffer", "normal", "segment_semantic"),
+                        size=6)
+    data = open_building(root, "b", "dns", 6, fractions=(1.0, 0.0, 0.0))
+    plain = _one_batch(data)
+    aug = _one_batch(data, augment=True, generator=torch.Generator().manual_seed(3))
+    flipped = []
+    for i in range(16):
+        if not torch.equal(aug["rgb"][i], plain["rgb"][i]):
+            assert torch.equal(aug["rgb"][i], plain["rgb"][i].flip(-1))
+            flipped.append(i)
+            assert torch.equal(aug["d"][i], plain["d"][i].flip(-1))
+            assert torch.equal(aug["s"][i], plain["s"][i].flip(-1))
+            assert torch.equal(aug["mask"][i], plain["mask"][i].flip(-1))
+            assert torch.equal(aug["n"][i, 0], -plain["n"][i, 0].flip(-1))
+            assert torch.equal(aug["n"][i, 1:], plain["n"][i, 1:].flip(-1))
+        else:
+            assert all(torch.equal(aug[k][i], plain[k][i]) for k in plain)
+    assert 0 < len(flipped) < 16
+    again = _one_batch(data, augment=True, generator=torch.Generator().manual_seed(3))
+    assert all(torch.equal(again[k], aug[k]) for k in aug)
+
+
+@pytest.mark.parametrize("size", [3, 5, 16])
+def test_resize_uses_nearest_for_ids_and_mask(tmp_path, size):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    write_png(view_path(root, "rgb", "b", 0, 0), rng.integers(0, 256, (8, 8, 3)), 8)
+    write_png(view_path(root, "segment_semantic", "b", 0, 0), rng.choice([3, 7, 12], (8, 8)), 8)
+    depth = np.full((8, 8), 3000)
+    depth[:, :4] = 65535  # left half has no depth
+    write_png(view_path(root, "depth_zbuffer", "b", 0, 0), depth, 16)
+    b = _one_batch(open_building(root, "b", "sd", size, fractions=(1.0, 0.0, 0.0)))
+    assert b["s"].shape == (1, size, size) and b["rgb"].shape == (1, 3, size, size)
+    assert set(b["s"].unique().tolist()) <= {3, 7, 12}
+    assert b["mask"].shape == (1, 1, size, size) and 0 < int(b["mask"].sum()) < size * size
+    # valid pixels keep exactly the valid depth: the 65535s do not bleed into them
+    assert torch.allclose(b["d"][b["mask"]], torch.tensor(1.5))
+
+
+def test_bilinear_resize_is_resize_then_decode(tmp_path):
+    root = tmp_path / "ds"
+    ramp = np.tile(np.arange(0, 256, 32), (8, 1))  # 8x8 horizontal ramp
+    write_png(view_path(root, "rgb", "b", 0, 0), np.stack([ramp] * 3, -1), 8)
+    b = _one_batch(open_building(root, "b", "a", 4, fractions=(1.0, 0.0, 0.0)))
+    expected = torch.nn.functional.interpolate(torch.tensor(ramp, dtype=torch.float32)[None, None] / 255,
+                                               size=(4, 4), mode="bilinear", antialias=True)
+    assert torch.allclose(b["rgb"][0, 0], expected[0, 0], atol=0.5 / 255 + 1e-6)
+
+
+def test_split_disjoint_deterministic_grouped_by_point(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(10, 3), "c": grid(3, 2)}, ("rgb",), size=4)
+    data = open_building(root, "b", "a", 4)
+    assert data.sizes() == {"train": 24, "val": 3, "test": 3}
+    keys = {name: data.split(name).keys for name in ("train", "val", "test")}
+    assert sum(len(k) for k in keys.values()) == 30 and len(set().union(*map(set, keys.values()))) == 30
+    points = {name: {p for p, _ in k} for name, k in keys.items()}
+    assert not (points["train"] & points["val"]) and not (points["train"] & points["test"])
+    assert not (points["val"] & points["test"])
+    assert open_building(root, "b", "a", 4).split("val").keys == keys["val"]
+    assert open_building(root, "c", "a", 4).sizes() == {"train": 2, "val": 2, "test": 2}  # 3 points: 1 each
+    # the same in another process (no dependence on Python's salted hash)
+    code = ("from mas_flower.data.split import split_points; "
+            "print(sorted(split_points('b', list(range(10)), (0.8, 0.1, 0.1))['val']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert out.stdout.strip() == str(sorted(points["val"]))
+    with pytest.raises(ValueError, match="fractions"):
+        open_building(root, "b", "a", 4, fractions=(0.5, 0.2, 0.2))
+    with pytest.raises(ValueError, match="fractions"):
+        open_building(root, "b", "a", 4, fractions=(1.2, -0.1, -0.1))
+    with pytest.raises(ValueError, match="split"):
+        data.split("validation")
+
+
+def test_split_counts_exact():
+    assert split_counts(10, (0.8, 0.1, 0.1)) == [8, 1, 1]
+    assert split_counts(3, (0.8, 0.1, 0.1)) == [1, 1, 1]
+    assert split_counts(7, (0.8, 0.1, 0.1)) == [5, 1, 1]
+    assert split_counts(5, (1.0, 0.0, 0.0)) == [5, 0, 0]
+    assert split_counts(2, (0.8, 0.1, 0.1)) == [2, 0, 0]
+    assert split_counts(101, (0.6, 0.2, 0.2)) == [61, 20, 20]
+    a, b = split_points("x", list(range(50)), (0.8, 0.1, 0.1)), split_points("y", list(range(50)), (0.8, 0.1, 0.1))
+    assert a["test"] != b["test"]  # per-building order
+
+
+def test_batches_shapes_order_shuffle_drop_last(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(10, 1)}, ("rgb", "keypoints2d"), size=4)
+    train = open_building(root, "b", "k", 4).split("train")
+    sizes = [len(b["rgb"]) for b in train.batches(3)]
+    assert sizes == [3, 3, 2] and [len(b["k"]) for b in train.batches(3, drop_last=True)] == [3, 3]
+    in_order = torch.cat([b["k"] for b in train.batches(3)])
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    s1 = torch.cat([b["k"] for b in train.batches(3, shuffle=True, generator=g1)])
+    s2 = torch.cat([b["k"] for b in train.batches(3, shuffle=True, generator=g2)])
+    assert torch.equal(s1, s2) and not torch.equal(s1, in_order)
+    assert torch.equal(s1.sort(0).values, in_order.sort(0).values)
+
+
+class _ReadSpy:
+    def __init__(self, monkeypatch, fail_after: int | None = None):
+        self.calls = 0
+        self.fail_after = fail_after
+        self._real = prepare.read_png
+        monkeypatch.setattr(prepare, "read_png", self)
+
+    def __call__(self, path, domain):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("killed")
+        return self._real(path, domain)
+
+
+def test_disk_cache_second_open_decodes_no_png(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "ds", {"b": grid(4, 2)}, ALL, size=8)
+    spy = _ReadSpy(monkeypatch)
+    first = _one_batch(open_building(root, "b", "dnsa", 4, cache_dir=tmp_path / "cache"))
+    assert spy.calls == 8 * 5  # rgb, depth, normal, segment, mask_valid
+    clear_memory_cache()  # as a new process would start
+    second = _one_batch(open_building(root, "b", "dnsa", 4, cache_dir=tmp_path / "cache"))
+    assert spy.calls == 8 * 5
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    # a subset of the tasks needs nothing new; a new task decodes only its own domain
+    open_building(root, "b", "ds", 4, cache_dir=tmp_path / "cache")
+    assert spy.calls == 8 * 5
+    open_building(root, "b", "dsk", 4, cache_dir=tmp_path / "cache")
+    assert spy.calls == 8 * 6
+    npys = list((tmp_path / "cache").rglob("*.npy"))
+    assert {p.name.split("-")[0] for p in npys} == {"rgb", "depth_zbuffer", "normal", "segment_semantic",
+                                                    "mask", "keypoints2d"}
+
+
+def test_memory_cache_without_cache_dir(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "keypoints2d"), size=8)
+    spy = _ReadSpy(monkeypatch)
+    open_building(root, "b", "k", 4)
+    open_building(root, "b", "k", 4)
+    assert spy.calls == 6
+    open_building(root, "b", "k", 2)  # another size is another entry
+    assert spy.calls == 12
+
+
+def test_cache_key_follows_source_files(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "keypoints2d"), size=4)
+    cache = tmp_path / "cache"
+    old = _one_batch(open_building(root, "b", "k", 4, fractions=(1.0, 0.0, 0.0), cache_dir=cache))
+    path = view_path(root, "keypoints2d", "b", 1, 0)
+    write_png(path, np.full((4, 4), 250), 16)
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse-clock file systems
+    clear_memory_cache()
+    spy = _ReadSpy(monkeypatch)
+    new = _one_batch(open_building(root, "b", "k", 4, fractions=(1.0, 0.0, 0.0), cache_dir=cache))
+    assert spy.calls == 3  # the keypoint entry only; rgb still cached
+    assert torch.allclose(new["k"][1], torch.tensor(2.0)) and not torch.equal(old["k"][1], new["k"][1])
+    assert len(list(cache.rglob("keypoints2d-*.npy"))) == 1  # the superseded entry is gone
+
+
+def test_killed_build_leaves_no_complete_looking_cache(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "ds", {"b": grid(6, 1)}, ("rgb", "keypoints2d"), size=4)
+    cache = tmp_path / "cache"
+    _ReadSpy(monkeypatch, fail_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        open_building(root, "b", "k", 4, cache_dir=cache)
+    assert not list(cache.rglob("*.npy"))
+    monkeypatch.undo()
+    clear_memory_cache()
+    spy = _ReadSpy(monkeypatch)
+    assert sum(open_building(root, "b", "k", 4, cache_dir=cache).sizes().values()) == 6
+    assert spy.calls == 12
+    assert not [p for p in cache.rglob("*") if ".tmp-" in p.name]
+
+
+def test_concurrent_opens_build_once(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "ds", {"b": grid(5, 1)}, ("rgb", "keypoints2d"), size=8)
+    spy = _ReadSpy(monkeypatch)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(_one_batch(open_building(root, "b", "k", 4, fractions=(1, 0, 0), cache_dir=tmp_path / "c")))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3 and spy.calls == 10
+    assert all(torch.equal(r["k"], results[0]["k"]) for r in results)
+
+
+def test_concurrent_processes_share_the_disk_cache(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(5, 1)}, ("rgb", "depth_zbuffer"), size=16)
+    code = ("import sys; from pathlib import Path; from mas_flower.data import open_building; "
+            "d = open_building(Path(sys.argv[1]), 'b', 'd', 8, fractions=(1, 0, 0), cache_dir=Path(sys.argv[2])); "
+            "b = next(d.split('train').batches(8)); print(float(b['d'].sum()), int(b['mask'].sum()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root), str(tmp_path / "c")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT_DIR) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert outs[0][0] == outs[1][0]
+    assert len(list((tmp_path / "c").rglob("*.npy"))) == 3  # rgb, depth, mask
+
+
+# ---- errors name the file ---------------------------------------------------------------------------
+
+def test_error_missing_root_and_unknown_building(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        open_building(tmp_path / "nowhere", "b", "d", 4)
+    with pytest.raises(DataError, match="nowhere"):
+        list_buildings(tmp_path / "nowhere")
+    root = make_dataset(tmp_path / "ds", {"b": grid(1, 1)}, ("rgb",), size=4)
+    with pytest.raises(DataError, match=r"unknown building 'zz'.*buildings: b"):
+        open_building(root, "zz", "a", 4)
+    with pytest.raises(ValueError, match="unknown task letter"):
+        open_building(root, "b", "dx", 4)
+
+
+def test_error_missing_domain_folder_names_folder_and_letter(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(1, 1)}, ("rgb", "depth_zbuffer"), size=4)
+    with pytest.raises(DataError, match=r"task 'k'.*keypoints2d/b"):
+        open_building(root, "b", "dk", 4)
+    with pytest.raises(DataError, match=r"segment_semantic/b or .*segmentsemantic/b"):
+        open_building(root, "b", "s", 4)
+
+
+def test_error_rgb_without_label_names_expected_path(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "normal", "depth_zbuffer"), size=4)
+    view_path(root, "normal", "b", 2, 0).unlink()
+    with pytest.raises(DataError, match=r"normal/b/point_2_view_0_domain_normal\.png"):
+        open_building(root, "b", "n", 4)
+
+
+@pytest.mark.parametrize("content", [b"not a png at all", "truncated", "corrupt"])
+def test_error_undecodable_file_is_named(tmp_path, content):
+    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "keypoints2d"), size=16)
+    bad = view_path(root, "keypoints2d", "b", 1, 0)
+    good = bad.read_bytes()
+    if content == "truncated":
+        data = good[: len(good) // 2]
+    elif content == "corrupt":
+        data = good[:40] + bytes(len(good) - 60) + good[-20:]
+    else:
+        data = content
+    bad.write_bytes(data)
+    with pytest.raises(DataError, match=r"keypoints2d/b/point_1_view_0_domain_keypoints2d\.png"):
+        open_building(root, "b", "k", 8)
+
+
+def test_error_wrong_bit_depth_and_channels_say_expected_and_found(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "depth_zbuffer", "normal"), size=4)
+    write_png(view_path(root, "depth_zbuffer", "b", 1, 0), np.full((4, 4), 200), 8)
+    with pytest.raises(DataError, match=r"point_1_view_0_domain_depth_zbuffer\.png: .*16-bit.*found 8-bit grey"):
+        open_building(root, "b", "d", 4)
+    write_png(view_path(root, "depth_zbuffer", "b", 1, 0), np.full((4, 4), 2000), 16)
+    write_png(view_path(root, "normal", "b", 0, 0), np.full((4, 4), 200), 8)
+    with pytest.raises(DataError, match=r"domain_normal\.png: .*3 channels, found 8-bit grey, 1 channel"):
+        open_building(root, "b", "n", 4)
+
+
+def test_error_size_mismatch_names_label(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "keypoints2d"), size=8)
+    write_png(view_path(root, "keypoints2d", "b", 0, 1 - 1), np.full((6, 8), 10), 16)
+    with pytest.raises(DataError, match=r"domain_keypoints2d\.png: size 8x6 differs from its rgb image's 8x8"):
+        open_building(root, "b", "k", 4)
