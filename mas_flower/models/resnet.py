@@ -9,7 +9,6 @@ Submodule names follow torchvision's, so its ImageNet weights could be loaded by
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.models import resnet18 as tv_resnet18
 
 from mas_flower.models.multitask import MultiTaskNet, assemble
 from mas_flower.models.registry import register_model
@@ -21,6 +20,8 @@ STRIDE = 16
 class ResNet18Encoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
+        from torchvision.models import resnet18 as tv_resnet18  # slow import: only when used
+
         trunk = tv_resnet18(weights=None)  # never downloads
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3 = trunk.layer1, trunk.layer2, trunk.layer3
