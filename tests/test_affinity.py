@@ -18,6 +18,15 @@ TASKS = "sdnkt"
 SIZE = 32
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids spinning against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _net(tasks: str = TASKS, seed: int = 0) -> torch.nn.Module:
     net = build_model("tiny", tasks, image_size=SIZE)
     torch.manual_seed(seed)
