@@ -2,7 +2,8 @@
 
 Every architecture is a shared encoder plus one decoder per task letter. Parameters are named
 `encoder.*` and `decoders.<letter>.*`, so a network for a subset of the tasks (a MAS group) is cut
-from a larger network's state dict by name alone, and written back the same way.
+from a larger network's state dict by name alone, and written back the same way. Batch-norm
+buffers (running mean/var, num_batches_tracked) live under the same prefixes and travel with them.
 """
 
 from __future__ import annotations
