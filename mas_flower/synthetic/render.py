@@ -237,7 +237,8 @@ def render_view(scene: Scene, cam: Camera, size: int, rng: np.random.Generator |
     light = (lt.ambient + (1 - lt.ambient) * cos / (1 + (dist / lt.falloff_m) ** 2)
              + lt.top_light * np.maximum(n[..., 1], 0.0))
     rgb = albedo * light[..., None] * np.array(lt.tint) * lt.exposure
-    rgb = np.where(hit[..., None], rgb, _outside(d))
+    if not hit.all():
+        rgb = np.where(hit[..., None], rgb, _outside(d))
     if rng is not None:
         rgb = rgb + rng.normal(0.0, 0.012, rgb.shape)
     h3 = hit[..., None]

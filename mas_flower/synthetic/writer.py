@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +160,9 @@ def generate_dataset(out: Path, buildings: int, views: int, size: int, seed: int
             for job in jobs:
                 _write_building_job(job)
         else:
-            with ProcessPoolExecutor(min(workers, buildings), mp_context=get_context("spawn"),
+            # fork (as torch's DataLoader does, one torch thread per worker) avoids re-importing torch
+            method = "fork" if "fork" in get_all_start_methods() else "spawn"
+            with ProcessPoolExecutor(min(workers, buildings), mp_context=get_context(method),
                                      initializer=_worker_init) as pool:
                 list(pool.map(_write_building_job, jobs))
         (tmp / INFO_FILE).write_text(json.dumps({**params, "complete": True}, indent=1))
