@@ -114,6 +114,23 @@ def test_training_affinity_is_the_first_batch_lookahead_at_the_received_weights(
     np.testing.assert_allclose(result.affinity, expected, rtol=0, atol=1e-6)
 
 
+def test_batched_and_looped_encoder_gradients_agree():
+    from mas_flower.affinity import encoder_params, task_encoder_gradients
+
+    net, batch = _net(), _batch()
+    rep = net.encode(batch["rgb"])
+    losses = task_losses(net.decode(rep), batch, TASKS)
+    params = encoder_params(net)
+    looped = task_encoder_gradients(rep, losses, TASKS, params)
+    batched = task_encoder_gradients(rep, losses, TASKS, params, batched=True)
+    direct = torch.autograd.grad(losses["d"], params, retain_graph=True)
+    for i in range(len(TASKS)):
+        for a, b in zip(looped[i], batched[i], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(looped[1], direct, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_first_epoch_only_and_schedule():
     picked = [b for b in range(12) if is_lookahead_batch(b, b // 4, 5)]
     assert picked == [0, 5, 10]
