@@ -98,7 +98,8 @@ def read_png(path: Path, domain: str) -> np.ndarray:
     if array.shape != (spec.channels, header.height, header.width):
         raise DataError(f"{path}: decoded to {array.dtype} {array.shape}, expected {spec.channels} channels of "
                         f"{header.height}x{header.width}")
-    return np.ascontiguousarray(array, dtype=want_dtype)
+    array = np.ascontiguousarray(array, dtype=want_dtype)
+    return array if array.flags.writeable else array.copy()  # PIL's buffer is read-only
 
 
 def valid_pixels(domain: str, raw: np.ndarray) -> np.ndarray:
