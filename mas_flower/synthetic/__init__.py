@@ -16,11 +16,12 @@ from mas_flower.synthetic.writer import (
     is_complete,
     read_info,
     render_building_view,
+    view_fields,
 )
 
 __all__ = [
     "BUILDING_NAMES", "CURVATURE_SCALE_M", "INFO_FILE", "POINT_INFO_DOMAIN", "SEMANTIC_CLASSES",
     "VIEWS_PER_POINT", "Camera", "Fields", "Lighting", "Material", "Scene", "SceneBuilder",
     "building_names", "encode_fields", "generate_dataset", "is_complete", "make_camera", "make_room",
-    "read_info", "render_building_view", "render_view",
+    "read_info", "render_building_view", "render_view", "view_fields",
 ]
