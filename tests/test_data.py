@@ -252,6 +252,8 @@ def test_memory_cache_without_cache_dir(tmp_path, monkeypatch):
     assert spy.calls == 6
     open_building(root, "b", "k", 2)  # another size is another entry
     assert spy.calls == 12
+    open_building(root, "b", "k", 4, cache_dir=tmp_path / "c")  # a RAM-only entry does not stop the disk one
+    assert spy.calls == 18 and len(list((tmp_path / "c").rglob("*.npy"))) == 2
 
 
 def test_cache_key_follows_source_files(tmp_path, monkeypatch):

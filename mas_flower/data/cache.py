@@ -68,7 +68,9 @@ class ArrayStore:
 
     def __init__(self, root: Path, building: str, image_size: int, cache_dir: Path | None) -> None:
         root_id = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
-        self._key = (root_id, building, image_size)
+        # The cache folder is part of the in-memory key so that an in-RAM-only open never stops a later
+        # open with a cache folder from writing its disk entries.
+        self._key = (root_id, building, image_size, None if cache_dir is None else str(Path(cache_dir).resolve()))
         self.directory = None if cache_dir is None else Path(cache_dir) / f"{building}-{root_id}" / f"s{image_size}"
 
     def get(self, name: str) -> np.ndarray | None:
