@@ -23,7 +23,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _check_data(args: argparse.Namespace) -> int:
     from mas_flower.data.check import check_dataset
 
-    report = check_dataset(Path(args.root), args.tasks)
+    report = check_dataset(Path(args.root), args.tasks, decode=not args.headers_only)
     print(report.format())
     return 0 if report.ok else 1
 
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-data", help="verify a Taskonomy-layout dataset before training on it")
     p.add_argument("root")
     p.add_argument("--tasks", default=None, help="task letters to require (default: domains present)")
+    p.add_argument("--headers-only", action="store_true",
+                   help="check PNG headers (bit depth, channels, size) without decoding: fast, misses truncation")
     p.set_defaults(func=_check_data)
 
     p = sub.add_parser("split", help="choose task groups from an affinity matrix")
