@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from mas_flower.training import TrainConfig, evaluate, pick_device, train_local
 
 from client_app import protocol as P
 from client_app.node import building_data, node_building
 from mas_flower.models import build_model
+from mas_flower.training import TrainConfig, evaluate, pick_device, train_local
 
 app = ClientApp()
+
+
+def cpu_threads() -> int | None:
+    """Torch threads for CPU training: what the simulation engine gave this client (Ray sets
+    OMP_NUM_THREADS to the actor's CPUs), so that clients sharing a machine do not oversubscribe it."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _network(msg: Message) -> tuple[torch.nn.Module, dict]:
@@ -32,6 +41,7 @@ def train(msg: Message, context: Context) -> Message:
         gradnorm_alpha=float(config["gradnorm-alpha"]), affinity_every=int(config["affinity-every"]),
         affinity_mode=str(config["affinity-mode"]),
         affinity_first_epoch_only=bool(config["affinity-first-epoch-only"]), seed=int(config["seed"]),
+        num_threads=cpu_threads(),
     )
     result = train_local(net, data.split("train"), cfg, pick_device())
     metrics: dict = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_SECONDS: result.seconds}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mas_flower.methods.base import FederationSpec, Method, Stage, StageOutcome, register_method
 from mas_flower.models import subnetwork_state
-from mas_flower.splitting import mas_partition
+from mas_flower.splitting import mas_split
 
 
 @register_method("mas")
@@ -25,7 +25,7 @@ class MergeAndSplit(Method):
             return None
         s = self.settings
         self.affinity = outcome.affinity["all"]
-        result = mas_partition(self.affinity, s.splits)
+        result = mas_split(self.affinity, s.splits)
         groups = ["".join(s.task_set[i] for i in group) for group in result.groups]
         self.splits = groups
         self.details["split_score"] = float(result.score)
