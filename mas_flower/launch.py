@@ -37,6 +37,8 @@ def launch(nodes: int, cpus_per_node: float, gpus_per_node: float, extra: list[s
     """Start the run, stream its logs, return (run id, final status)."""
     env = dict(env or os.environ)
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    # `flwr run` starts `flower-superlink` by name: make this environment's scripts findable.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     federation = f"num-supernodes={nodes} client-resources-num-cpus={cpus_per_node:g} " \
                  f"client-resources-num-gpus={gpus_per_node:g}"
     cmd = [flwr_command(), "run", str(APP_DIR), "--stream", "--federation-config", federation, *extra]
