@@ -1,6 +1,6 @@
 """Run settings: the flat run config of `flwr run` turned into one validated, typed object.
 
-Defaults live in the app's `pyproject.toml` (`[tool.flwr.app.config]`); this module only types and
+Defaults live only in the app's `pyproject.toml` (`[tool.flwr.app.config]`); this module only types and
 checks them, so that bad input fails before any training with a message naming the key.
 """
 
@@ -38,15 +38,15 @@ class Settings:
     data_root: str
     output_dir: str
     seed: int
-    affinity_mode: str = "exact"
-    affinity_first_epoch_only: bool = False
-    fedprox_mu: float = 0.004
-    gradnorm_alpha: float = 1.5
-    synthetic_buildings: int = 6
-    synthetic_views: int = 40
-    synthetic_size: int = 64
-    eval_batch_size: int = 64
-    run_name: str = ""
+    affinity_mode: str
+    affinity_first_epoch_only: bool
+    fedprox_mu: float
+    gradnorm_alpha: float
+    synthetic_buildings: int
+    synthetic_views: int
+    synthetic_size: int
+    eval_batch_size: int
+    run_name: str
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> Settings:
