@@ -36,6 +36,28 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from mas_flower.bench import run_suite
+
+    return run_suite(Path(args.suite), dry_run=args.dry_run)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mas_flower.report import make_report
+
+    written = make_report([Path(p) for p in args.runs], Path(args.out) if args.out else None)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _deploy_local(args: argparse.Namespace) -> int:
+    from mas_flower.deploy import deploy_local
+
+    return deploy_local(nodes=args.nodes, run_config=args.run_config, data_root=args.data_root,
+                        base_port=args.base_port, timeout=args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mas-flower", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", type=int, required=True, help="number of groups x")
     p.add_argument("--method", choices=("mas", "tag"), default="mas")
     p.set_defaults(func=_split)
+
+    p = sub.add_parser("bench", help="run a suite of methods x task sets x seeds and tabulate it")
+    p.add_argument("suite", help="suite YAML (see conf/)")
+    p.add_argument("--dry-run", action="store_true", help="validate the suite and list its runs, run nothing")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("report", help="PNG figures from run folders or suite folders")
+    p.add_argument("runs", nargs="+", help="run folders (with results.json) or suite output folders")
+    p.add_argument("--out", default=None, help="folder for the figures (default: beside the first input)")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("deploy-local", help="SuperLink + N SuperNodes on loopback, run the app, stop them")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--run-config", default="", help='run-config overrides, e.g. "num-rounds=4 splits=2"')
+    p.add_argument("--data-root", default="", help="dataset for the nodes (default: the synthetic federation)")
+    p.add_argument("--base-port", type=int, default=0, help="first port to use (default: free ports)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped")
+    p.set_defaults(func=_deploy_local)
     return parser
 
 
