@@ -254,12 +254,15 @@ def _patched(owner: Any, attr: str, value: Any) -> Iterator[None]:
     if not hasattr(owner, attr):
         raise RuntimeError(f"carbontracker {carbontracker_version()} has no {owner.__name__}.{attr}: "
                            "mas_flower.energy needs updating")
-    old = owner.__dict__.get(attr)
+    own, old = attr in owner.__dict__, owner.__dict__.get(attr)
     setattr(owner, attr, value)
     try:
         yield
     finally:
-        setattr(owner, attr, old)
+        if own:
+            setattr(owner, attr, old)
+        else:
+            delattr(owner, attr)
 
 
 # ---------------------------------------------------------------------------------------------- the meter
