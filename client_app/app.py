@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 
 from client_app import protocol as P
 from client_app.node import building_data, node_building
+from mas_flower.energy import EnergyMeter, host_id
 from mas_flower.models import build_model
 from mas_flower.training import TrainConfig, evaluate, pick_device, train_local
 
@@ -43,8 +44,17 @@ def train(msg: Message, context: Context) -> Message:
         affinity_first_epoch_only=bool(config["affinity-first-epoch-only"]), seed=int(config["seed"]),
         num_threads=cpu_threads(),
     )
+    meter = None
+    if bool(config.get("measure-energy", False)):  # on its own machine: this node meters its training
+        meter = EnergyMeter(country=str(config["energy-country"]) or None,
+                            intensity_g_per_kwh=float(config["energy-intensity"]) or None)
+        meter.start()
     result = train_local(net, data.split("train"), cfg, pick_device())
     metrics: dict = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_SECONDS: result.seconds}
+    if meter is not None:
+        energy = meter.stop()
+        metrics.update({P.ENERGY_KWH: energy.energy_kwh, P.CO2_G: energy.co2_g,
+                        P.ENERGY_ESTIMATED: int(energy.estimated)})
     metrics.update({P.loss_key(k): float(v) for k, v in result.losses.items()})
     if result.affinity is not None:
         metrics[P.AFFINITY] = np.asarray(result.affinity, dtype=float).ravel().tolist()
@@ -67,5 +77,6 @@ def info(msg: Message, context: Context) -> Message:
     config = dict(msg.content[P.CONFIG])
     building = node_building(config, context)
     sizes = building_data(config, context).sizes()
-    reply = ConfigRecord({P.BUILDING: building, **{f"size-{k}": int(v) for k, v in sizes.items()}})
+    reply = ConfigRecord({P.BUILDING: building, P.HOST: host_id(),
+                          **{f"size-{k}": int(v) for k, v in sizes.items()}})
     return Message(content=RecordDict({P.CONFIG: reply}), reply_to=msg)

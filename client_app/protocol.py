@@ -20,3 +20,8 @@ BUILDING = "building"
 def loss_key(letter: str) -> str:
     """Metric key of a task's loss in train and evaluate replies."""
     return f"loss-{letter}"
+
+HOST = "host"
+ENERGY_KWH = "energy-kwh"
+CO2_G = "co2-g"
+ENERGY_ESTIMATED = "energy-estimated"

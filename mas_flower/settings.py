@@ -47,6 +47,12 @@ class Settings:
     synthetic_size: int
     eval_batch_size: int
     run_name: str
+    resume: str
+    min_replies: int
+    round_retries: int
+    reply_timeout: float
+    energy_country: str
+    energy_intensity: float
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> Settings:
@@ -97,6 +103,13 @@ class Settings:
                             f"merge-rounds={self.merge_rounds}")
         if self.affinity_mode not in ("exact", "first_order"):
             problems.append(f"affinity-mode={self.affinity_mode!r} must be 'exact' or 'first_order'")
+        if self.min_replies < 1 or self.min_replies > self.clients_per_round:
+            problems.append(f"min-replies={self.min_replies} must be between 1 and clients-per-round="
+                            f"{self.clients_per_round}")
+        if self.round_retries < 0 or self.reply_timeout < 0 or self.energy_intensity < 0:
+            problems.append("round-retries, reply-timeout and energy-intensity must be non-negative")
+        if self.resume and not Path(self.resume).is_absolute():
+            problems.append(f"resume={self.resume!r} must be the absolute path of a run folder")
         if self.lr <= 0:
             problems.append(f"lr={self.lr} must be positive")
         if self.fedprox_mu < 0 or self.gradnorm_alpha < 0:

@@ -1,18 +1,26 @@
-"""ServerApp: resolves the run's settings and data, runs the chosen method, writes the results."""
+"""ServerApp: checks the run's settings and data, runs the chosen method, writes the results.
+
+Everything that can be wrong with the input is checked before any training, and a failure raises
+(so the run ends `finished:failed`) without writing anything that looks like a finished result.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from logging import INFO
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from mas_flower.energy import EnergyMeter
 from mas_flower.methods import build_method
+from mas_flower.models import build_model
+from mas_flower.results import new_run_dir, write_json
 from mas_flower.settings import Settings
+from server_app.checkpoint import load_checkpoint
 from server_app.config import load_settings, synthetic_root
 from server_app.report import write_outputs
 from server_app.runner import FederatedRunner
@@ -31,20 +39,38 @@ def prepare_data(settings: Settings) -> Settings:
     return dataclasses.replace(settings, data_root=str(root))
 
 
+def resolve(run_config: dict[str, Any], overrides: dict[str, Any] | None) -> tuple[Settings, dict | None]:
+    """The run's settings; when resuming, the original run's settings and its checkpoint."""
+    settings = load_settings(run_config, overrides)
+    if not settings.resume:
+        return settings, None
+    checkpoint = load_checkpoint(Path(settings.resume))
+    original = Settings.from_run_config({**checkpoint["config"], "resume": settings.resume})
+    log(INFO, "resuming %s with its original settings", settings.resume)
+    return original, checkpoint
+
+
 def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
     """A ServerApp whose settings are the app defaults, the run config, then `overrides` (for tests)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings = load_settings(dict(context.run_config), overrides)
+        settings, checkpoint = resolve(dict(context.run_config), overrides)
+        build_model(settings.model, settings.task_set, image_size=settings.image_size)  # fails early on a bad size
         settings = prepare_data(settings)
         method = build_method(settings)
-        started = time.time()
-        runner = FederatedRunner(grid, settings, method)
-        outcome, test_loss = runner.run()
-        run_dir = write_outputs(settings, method, runner, outcome, test_loss, time.time() - started)
-        log(INFO, "results written to %s", run_dir)
+        if checkpoint is None:
+            run_dir = new_run_dir(settings)
+            write_json(run_dir / "config.json", settings.to_run_config())
+        else:
+            run_dir = Path(settings.resume)
+        log(INFO, "run folder: %s", run_dir)
+        runner = FederatedRunner(grid, settings, method, run_dir, checkpoint)
+        meter = EnergyMeter(run_dir / "carbontracker", country=settings.energy_country or None,
+                            intensity_g_per_kwh=settings.energy_intensity or None)
+        outcome, test_loss = runner.run(meter)
+        write_outputs(settings, runner, outcome, test_loss, run_dir)
 
     return app
 

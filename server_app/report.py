@@ -1,4 +1,4 @@
-"""Writes a finished run's folder and prints its summary."""
+"""Writes a finished run's folder and logs its summary."""
 
 from __future__ import annotations
 
@@ -9,28 +9,46 @@ from typing import Any
 
 from flwr.common.logger import log
 
-from mas_flower.energy import estimate_from_seconds
-from mas_flower.methods import Method, StageOutcome
-from mas_flower.results import RESULTS_FILE, affinity_payload, new_run_dir, save_state, write_json
+from mas_flower.energy import carbontracker_version
+from mas_flower.methods import StageOutcome
+from mas_flower.results import RESULTS_FILE, affinity_payload, save_state, write_json
 from mas_flower.settings import Settings
-from server_app.runner import FederatedRunner
+from server_app.runner import FederatedRunner, Ledger
 
 
-def write_outputs(settings: Settings, method: Method, runner: FederatedRunner, outcome: StageOutcome,
-                  test_loss: dict[str, float], wall_seconds: float) -> Path:
-    run_dir = new_run_dir(settings)
+def energy_summary(ledger: Ledger, remote_nodes: int) -> dict[str, Any]:
+    """Energy of the run: this machine's meter (once, however many clients it ran) plus what nodes
+    on other machines measured of their own training."""
+    local = ledger.local_energy
+    methods = sorted({part["method"] for part in local})
+    if remote_nodes:
+        methods.append(f"{remote_nodes} remote node(s) metered their own training")
+    intensity = local[0]["intensity_g_per_kwh"] if local else None
+    return {
+        "energy_kwh": sum(p["energy_kwh"] for p in local) + ledger.remote_energy_kwh,
+        "co2_g": sum(p["co2_g"] for p in local) + ledger.remote_co2_g,
+        "energy_estimated": any(p["estimated"] for p in local) or not local and not remote_nodes,
+        "energy_method": "; ".join(methods) or "nothing measured",
+        "carbontracker_version": carbontracker_version(),
+        "carbon_intensity_g_per_kwh": intensity,
+        "pue": local[0]["pue"] if local else None,
+        "energy_parts": local,
+    }
+
+
+def write_outputs(settings: Settings, runner: FederatedRunner, outcome: StageOutcome,
+                  test_loss: dict[str, float], run_dir: Path) -> Path:
+    method, ledger = runner.method, runner.ledger
     weights = run_dir / "weights"
-    weights.mkdir()
+    weights.mkdir(exist_ok=True)
     for done in runner.outcomes:  # every stage's final networks, and the inherited starts of later stages
         for fed in done.stage.federations:
             save_state(weights / f"{done.stage.phase}-{fed.name}.pt", done.states[fed.name])
             if fed.init is not None:
                 save_state(weights / f"{done.stage.phase}-{fed.name}-init.pt", fed.init)
-    write_json(run_dir / "config.json", settings.to_run_config())
     affinity = affinity_payload(settings.task_set, method.affinity)
     if affinity is not None:
         write_json(run_dir / "affinity.json", affinity)
-    energy = estimate_from_seconds(runner.ledger.client_train_seconds)
     results: dict[str, Any] = {
         "method": settings.method,
         "task_set": settings.task_set,
@@ -39,22 +57,17 @@ def write_outputs(settings: Settings, method: Method, runner: FederatedRunner, o
         "seed": settings.seed,
         "test_loss": {t: test_loss[t] for t in settings.task_set},
         "total_test_loss": sum(test_loss.values()),
-        "client_train_seconds": runner.ledger.client_train_seconds,
-        "wall_seconds": wall_seconds,
-        "energy_kwh": energy.energy_kwh,
-        "co2_g": energy.co2_g,
-        "energy_estimated": energy.estimated,
-        "energy_method": energy.method,
-        "carbon_intensity_g_per_kwh": energy.intensity_g_per_kwh,
-        "pue": energy.pue,
+        "client_train_seconds": ledger.client_train_seconds,
+        "wall_seconds": ledger.wall_seconds,
+        **energy_summary(ledger, len(runner.remote)),
         "affinity": affinity,
         "served_by": method.serving(outcome),
         "details": method.details,
         "nodes": sorted(runner.nodes.values()),
-        "history": runner.ledger.history,
+        "history": ledger.history,
         "config": settings.to_run_config(),
     }
-    write_json(run_dir / RESULTS_FILE, results)
+    write_json(run_dir / RESULTS_FILE, results)  # last: its presence means the run finished
     for line in summary(results, run_dir).splitlines():  # through Flower's logger: `flwr run --stream` shows it
         log(INFO, "%s", line)
     return run_dir
@@ -73,7 +86,8 @@ def summary(results: dict[str, Any], run_dir: Path) -> str:
     lines.append("test loss: " + "  ".join(f"{t}={v:.4f}" for t, v in results["test_loss"].items()))
     lines.append(f"total test loss: {results['total_test_loss']:.4f}")
     lines.append(f"time: wall {results['wall_seconds']:.1f} s, client training {results['client_train_seconds']:.1f} s")
-    lines.append(f"energy: {results['energy_kwh']:.6f} kWh, {results['co2_g']:.3f} gCO2eq "
-                 f"({results['energy_method']})")
+    estimated = " (estimated)" if results["energy_estimated"] else ""
+    lines.append(f"energy{estimated}: {results['energy_kwh']:.6f} kWh, {results['co2_g']:.3f} gCO2eq "
+                 f"[{results['energy_method']}]")
     return "\n".join(lines) + "\n" + json.dumps({"splits": results["splits"],
                                                  "total_test_loss": results["total_test_loss"]})
