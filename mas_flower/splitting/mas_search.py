@@ -31,6 +31,7 @@ def _group_values(w: np.ndarray, size: np.ndarray, lone: np.ndarray) -> np.ndarr
 def local_search(a: np.ndarray, x: int, rng: np.random.Generator, restarts: int = 32) -> np.ndarray:
     """Best assignment (task -> group id in 0..x-1, all groups non-empty) over seeded restarts of
     steepest ascent with moves and swaps."""
+    a = as_affinity(a)
     n = a.shape[0]
     b = a + a.T
     single = singleton_scores(a)
@@ -39,7 +40,7 @@ def local_search(a: np.ndarray, x: int, rng: np.random.Generator, restarts: int 
     for _ in range(restarts):
         assign = rng.integers(0, x, n)
         assign[rng.permutation(n)[:x]] = np.arange(x)
-        while True:
+        for _ in range(100 * n * n):  # each step strictly improves; the cap only guards rounding
             onehot = np.eye(x)[assign]
             link = b @ onehot                           # link[j, g] = sum over i in g of b[i, j]
             size = onehot.sum(axis=0)
