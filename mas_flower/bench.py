@@ -1,0 +1,214 @@
+"""`mas-flower bench SUITE.yaml`: run every (task set, method, seed) of a suite through Flower, then
+tabulate it (summary.csv, summary.md).
+
+Each run is one `flwr run` (`mas_flower.launch`) into `<output>/runs/<run name>/`; a run counts as
+done when its results.json exists, so an interrupted suite resumes where it stopped (a folder
+without results.json is moved to `<output>/incomplete/` and the run redone). A failed run is
+recorded in `<output>/bench-status.json` and the others go on; the exit code is 1 if any failed.
+
+Flower isolation: the suite uses its own FLWR_HOME (`<output>/.flwr`) and its own free port for
+the managed SuperLink, so it neither touches the user's Flower config nor reuses (or is broken by)
+a SuperLink someone else started. The SuperLink it started is stopped at the end by PID, found by
+that FLWR_HOME path in its command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from mas_flower.results import RESULTS_FILE, write_json
+from mas_flower.suite import RunSpec, Suite, load_suite
+from mas_flower.summary import load_runs, write_summary
+
+STATUS_FILE = "bench-status.json"
+
+
+def run_suite(path: Path, dry_run: bool = False) -> int:
+    """Validate the suite, then (unless `dry_run`) run what is not done yet and write the summary."""
+    suite = load_suite(path, check_data=not dry_run)
+    runs = suite.runs()
+    if dry_run:
+        print(f"{path}: {len(runs)} runs into {suite.runs_dir} ({suite.nodes} nodes, data {suite.dataset_root()})")
+        for k, run in enumerate(runs, 1):
+            done = " (done)" if (suite.runs_dir / run.name / RESULTS_FILE).is_file() else ""
+            print(f"  {k}/{len(runs)} {run.name}{done}")
+        return 0
+    _check_gpus(suite)
+    suite.output.mkdir(parents=True, exist_ok=True)
+    with _lock(suite.output):
+        stop_superlink(suite.flwr_home)  # a leftover of this suite's own earlier, killed invocation
+        _prepare_data(suite)
+        try:
+            failed = _run_all(suite, runs)
+        finally:
+            stop_superlink(suite.flwr_home)
+        finished = [suite.runs_dir / r.name for r in runs if (suite.runs_dir / r.name / RESULTS_FILE).is_file()]
+        if finished:
+            csv_path, md_path = write_summary(suite.output, load_runs(finished), [m.label for m in suite.methods])
+            print(f"summary: {csv_path} and {md_path}")
+    if failed:
+        print(f"{len(failed)} of {len(runs)} runs failed: " + ", ".join(f"{n} ({s})" for n, s in failed.items()))
+    return 1 if failed else 0
+
+
+def _run_all(suite: Suite, runs: list[RunSpec]) -> dict[str, str]:
+    status_path = suite.output / STATUS_FILE
+    statuses = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    env = {**os.environ, "FLWR_HOME": str(suite.flwr_home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    (suite.output / "logs").mkdir(exist_ok=True)
+    todo = [r for r in runs if not (suite.runs_dir / r.name / RESULTS_FILE).is_file()]
+    print(f"suite {suite.path}: {len(runs)} runs, {len(runs) - len(todo)} done earlier, {len(todo)} to run")
+    started, durations, failed = time.monotonic(), [], {}
+    for k, run in enumerate(runs, 1):
+        run_dir = suite.runs_dir / run.name
+        if (run_dir / RESULTS_FILE).is_file():
+            print(f"[{k}/{len(runs)}] {run.name}: done earlier, kept")
+            continue
+        if run_dir.exists():
+            _move_aside(run_dir, suite.output / "incomplete")
+        log = suite.output / "logs" / f"{run.name}.log"
+        print(f"[{k}/{len(runs)}] {run.name}: running (log {log})", flush=True)
+        t0 = time.monotonic()
+        run_id, status = _launch(suite, run, env, log)
+        if status == "finished:completed" and not (run_dir / RESULTS_FILE).is_file():
+            status = f"{status} but no {RESULTS_FILE} in {run_dir}"
+        seconds = time.monotonic() - t0
+        durations.append(seconds)
+        statuses[run.name] = {"status": status, "run_id": run_id, "seconds": round(seconds, 1), "log": str(log)}
+        write_json(status_path, statuses)
+        if status != "finished:completed":
+            failed[run.name] = status
+        left = sum(1 for r in runs[k:] if not (suite.runs_dir / r.name / RESULTS_FILE).is_file())
+        eta = sum(durations) / len(durations) * left
+        print(f"[{k}/{len(runs)}] {run.name}: {status} in {_hms(seconds)} | elapsed "
+              f"{_hms(time.monotonic() - started)}, ETA {_hms(eta)} ({left} left)", flush=True)
+    return failed
+
+
+def _launch(suite: Suite, run: RunSpec, env: dict[str, str], log: Path) -> tuple[int | None, str]:
+    """One `flwr run`, its output into `log`; never raises for a failed run (returns its status)."""
+    from mas_flower.launch import launch
+
+    config = " ".join(f"{k}={_toml(v)}" for k, v in suite.run_config_for(run).items())
+    with log.open("w") as f, contextlib.redirect_stdout(f):
+        try:
+            return launch(suite.nodes, suite.cpus_per_node, suite.gpus_per_node, ["--run-config", config], env)
+        except Exception as err:  # a run that could not start or report: record it and go on
+            print(f"launch failed: {type(err).__name__}: {err}")
+            return None, f"error: {type(err).__name__}: {err}".splitlines()[0]
+
+
+def _prepare_data(suite: Suite) -> None:
+    if suite.synthetic is None:
+        return
+    from mas_flower.synthetic import generate_dataset
+
+    s, root = suite.synthetic, suite.synthetic_dir()
+    print(f"synthetic data: {root} (generated once, reused)", flush=True)
+    generate_dataset(root, buildings=s["buildings"], views=s["views"], size=s["size"], seed=s["seed"],
+                     workers=min(os.cpu_count() or 1, s["buildings"]))
+
+
+def _check_gpus(suite: Suite) -> None:
+    if suite.gpus_per_node > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"{suite.path}: gpus_per_node: {suite.gpus_per_node:g} but this machine has no CUDA "
+                             "GPU (the simulation would wait forever); set it to 0 here")
+
+
+def _move_aside(run_dir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    k = 1
+    while (target := dest / f"{run_dir.name}.{k}").exists():
+        k += 1
+    shutil.move(str(run_dir), target)
+    print(f"  {run_dir} had no {RESULTS_FILE} (an interrupted run): moved to {target}, redoing it")
+
+
+def superlink_pids(flwr_home: Path) -> list[int]:
+    """PIDs of processes whose command line names this FLWR_HOME's managed SuperLink folder."""
+    fragment = str(flwr_home / "local-superlink").encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if fragment in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+    return pids
+
+
+def stop_superlink(flwr_home: Path, timeout: float = 10.0) -> None:
+    """SIGTERM (then SIGKILL) each SuperLink started under `flwr_home`, and the apps in its process group
+    (Flower starts the managed SuperLink in a session of its own, so its PID leads that group)."""
+    for pid in superlink_pids(flwr_home):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if not _alive(pid):
+                break
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is as good as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return False
+
+
+@contextlib.contextmanager
+def _lock(output: Path):
+    """Refuse a second bench on the same output folder while one runs."""
+    lock = output / ".bench.lock"
+    text = lock.read_text().strip() if lock.is_file() else ""
+    if text.isdigit() and int(text) != os.getpid() and _alive(int(text)):
+        raise ValueError(f"{output}: another `mas-flower bench` (pid {text}) is running this suite")
+    lock.write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(value: object) -> str:
+    """A run-config value as `flwr run --run-config` parses it (TOML scalars)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "") + "'"
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+if __name__ == "__main__":
+    sys.exit(run_suite(Path(sys.argv[1]), dry_run="--dry-run" in sys.argv))
