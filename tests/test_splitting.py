@@ -267,6 +267,8 @@ def test_hoa_with_named_losses():
         hoa_split(single, {("s", "d"): (0.5, 0.6)}, 2)
     with pytest.raises(ValueError, match="twice"):
         hoa_split(single, {**pair, ("d", "s"): (0.5, 0.6)}, 2)
+    with pytest.raises(ValueError, match="supports 1 to 18 tasks"):
+        hoa_split(np.ones(19), np.ones((19, 19)), 2)
 
 
 # ----------------------------------------------------------------------------- file and CLI

@@ -7,7 +7,7 @@ group with its lowest estimate; the sum of those estimates is minimised using at
 
 Search: exact, as for TAG (`hosts.py`): the tasks split into at most x blocks, each served by the
 host group with the lowest summed estimate for it, and the subset DP picks the blocks. O(3^n) time,
-so at most `MAX_N` (17) tasks; HOA needs n (n - 1) / 2 pair trainings, so real uses are far smaller.
+so at most `MAX_N` (18) tasks; HOA needs n (n - 1) / 2 pair trainings, so real uses are far smaller.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mas_flower.splitting.hosts import best_host, host_values
 from mas_flower.splitting.scoring import SplitResult, canonical
 from mas_flower.splitting.subsets import best_partition
 
-MAX_N = 17
+MAX_N = 18
 
 Labels = str | Sequence[str]
 

@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from mas_flower.splitting.subsets import BASE_BITS, popcounts, reduce_ternary, subset_sums, ternary_index
+from mas_flower.splitting.subsets import BASE_BITS, reduce_ternary, subset_sums, ternary_index
 
 
 def _bilinear(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """X(g, R) and |g| on the ternary array of all R ⊆ g over the tasks of m."""
-    k = m.shape[0]
-    in_r, in_g_only = ternary_index(k)
-    g = in_r | in_g_only
-    x = np.zeros(len(g))
-    for j in range(k):  # X = sum over j in R of the column sum of m over g
-        col = subset_sums(m[:, j])
-        x += np.where(in_r >> j & 1, col[g], 0.0)
-    return x, popcounts(k)[g]
+    """X(g, R) and |g| on the ternary array of all R ⊆ g over the tasks of m (same layout as
+    `ternary_index`: each new task is the leading axis with states outside g, in g only, in R)."""
+    x, size = np.zeros(1), np.zeros(1, dtype=np.int64)
+    in_r, in_g_only = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    for t in range(m.shape[0]):
+        onto_r = subset_sums(m[t, :t])[in_r]  # t in g: its affinity onto the R members so far
+        from_g = subset_sums(m[:t, t])[in_r | in_g_only]  # t in R: the g members' affinity onto t
+        x = np.concatenate([x, x + onto_r, x + onto_r + from_g])
+        size = np.concatenate([size, size + 1, size + 1])
+        in_r, in_g_only = (np.concatenate([in_r, in_r, in_r + (1 << t)]),
+                           np.concatenate([in_g_only, in_g_only + (1 << t), in_g_only]))
+    return x, size
 
 
 def host_values(m: np.ndarray) -> np.ndarray:

@@ -2,10 +2,10 @@
 together cover every task; each task is served by the group where it scores best, and the mean of
 those best scores is maximised (design.md section 5).
 
-Exact for n <= `EXACT_MAX_N` (17; `optimal` True): each task's best group splits the tasks into at
+Exact for n <= `EXACT_MAX_N` (18; `optimal` True): each task's best group splits the tasks into at
 most x blocks, so the answer is the best partition into 1..x blocks scored by each block's best
 host group (`hosts.py`, O(3^n)), found by the subset DP (`subsets.py`). Fifty et al. instead search
-combinations of candidate groups; that search (`cover.py`) is the fallback above 17 tasks, over
+combinations of candidate groups; that search (`cover.py`) is the fallback above 18 tasks, over
 pairs, triples and the groups of local-search MAS partitions, followed by hill climbing (add or
 remove one task in one group), with `optimal` False.
 """
@@ -22,7 +22,7 @@ from mas_flower.splitting.mas_search import local_search
 from mas_flower.splitting.scoring import SplitResult, as_affinity, canonical, cover_score
 from mas_flower.splitting.subsets import best_partition
 
-EXACT_MAX_N = 17
+EXACT_MAX_N = 18
 
 
 def candidate_values(a: np.ndarray, groups: list[tuple[int, ...]]) -> np.ndarray:
