@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -107,7 +106,8 @@ class FederatedRunner:
         query = RecordDict({P.CONFIG: ConfigRecord(self.data_config())})
         tagged = [(nid, Message(content=query, dst_node_id=nid, message_type=f"{MessageType.QUERY}.{P.INFO_QUERY}"))
                   for nid in ids]
-        replies = exchange(self.grid, tagged, timeout=self.timeout())
+        # Not reply-timeout: the first message also waits for the engine or the nodes to start.
+        replies = exchange(self.grid, tagged, timeout=NODE_WAIT_SECONDS)
         failures = [f"node {nid}: {r.error.reason}" for nid, r in replies.items() if r.has_error()]
         if failures:
             raise RuntimeError("nodes could not load their data: " + "; ".join(failures))
@@ -135,8 +135,10 @@ class FederatedRunner:
     # Networks ------------------------------------------------------------------------------------
 
     def fresh_state(self, federation: FederationSpec) -> State:
-        torch.manual_seed(stable_seed(self.settings.seed, "init", federation.name))
-        net = build_model(self.settings.model, federation.tasks, image_size=self.settings.image_size)
+        """A network from scratch. Every network of a run starts from the same seeded encoder and the
+        same decoder per task, so methods differ in how they train, not in their luck at init."""
+        net = build_model(self.settings.model, federation.tasks, image_size=self.settings.image_size,
+                          seed=stable_seed(self.settings.seed, "init"))
         return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
     # Rounds --------------------------------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""A ClientApp that injects faults by partition id, around the real handlers.
+
+FAULTS maps a partition id to a fault: "raise" (the handler raises), "nan" (the trained arrays
+come back with NaN), "sleep" (its first train reply comes after SLEEP_SECONDS) or "late-raise" (raises from
+round 2 on). Other nodes behave normally.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from client_app import app as real
+from client_app import protocol as P
+
+SLEEP_SECONDS = 16.0
+
+
+def faults() -> dict[int, str]:
+    """From the environment (set by the test before the simulation starts its workers)."""
+    spec = os.environ.get("MAS_FLOWER_TEST_FAULTS", "")
+    return {int(k): v for k, v in (item.split("=") for item in spec.split(",") if item)}
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    fault = faults().get(int(context.node_config["partition-id"]))
+    round_ = int(msg.content[P.CONFIG]["server-round"])
+    if fault == "raise" or (fault == "late-raise" and round_ >= 2):
+        raise RuntimeError("injected fault: this client crashed")
+    marker = Path(os.environ.get("MAS_FLOWER_TEST_FAULT_DIR", "/nonexistent")) / f"slept-{context.node_id}"
+    if fault == "sleep" and not marker.exists():
+        marker.touch()  # a file, not context.state: a reply that came too late may not save the node's state
+        time.sleep(SLEEP_SECONDS)
+    reply = real.train(msg, context)
+    if fault == "nan":
+        arrays = reply.content[P.ARRAYS]
+        key = next(k for k, v in arrays.items() if v.numpy().dtype.kind == "f")
+        poisoned = arrays[key].numpy().copy()
+        poisoned.flat[0] = np.nan
+        reply.content[P.ARRAYS] = ArrayRecord({**{k: v for k, v in arrays.items()}, key: Array(poisoned)})
+    return reply
+
+
+app.evaluate()(real.evaluate_)
+app.query(P.INFO_QUERY)(real.info)
