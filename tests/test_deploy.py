@@ -1,0 +1,154 @@
+"""deploy-local with real processes: a SuperLink and SuperNodes on loopback, each node told its building
+through --node-config; afterwards no process it started may be alive and its ports must be free."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mas_flower.data import list_buildings
+from mas_flower.deploy import pick_ports, plan_deployment, port_free, run_deployment
+from mas_flower.processes import process_alive
+from mas_flower.tasks import TASKS
+
+SMALL = "method='mas' task-set='sdk' splits=2 num-rounds=2 merge-rounds=1 affinity-rounds=1 batch-size=4 image-size=32"
+
+
+def leftovers(pid_file: Path) -> list[dict]:
+    """Processes listed in the deployment's pid file that still run (same pid and start time)."""
+    listed = json.loads(pid_file.read_text())["processes"]
+    return [p for p in listed if process_alive(p["pid"], p["starttime"])]
+
+
+def kill_leftovers(pid_file: Path) -> None:
+    """Test-side safety net for a failing test: never leave this test's processes behind."""
+    if pid_file.is_file():
+        for p in leftovers(pid_file):
+            os.kill(p["pid"], signal.SIGKILL)
+
+
+def assert_all_stopped(pid_file: Path, ports: list[int]) -> dict:
+    state = json.loads(pid_file.read_text())
+    assert state["phase"] == "stopped"
+    assert not leftovers(pid_file), f"still running: {leftovers(pid_file)}"
+    assert all(port_free(p) for p in ports), f"a port of {ports} is still taken"
+    return state
+
+
+def test_deploy_local_runs_mas_on_three_nodes(private_homes, tiny_federation: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = f"{SMALL} clients-per-round=2 output-dir='{out}' run-name='deploy'"
+    result = run_deployment(3, config, data_root=str(tiny_federation), timeout=300, grace=5)
+    pid_file = result.deploy_dir / "pids.json"
+    try:
+        assert result.exit_code == 0, result.error
+        assert result.status == "finished:completed"
+        assert result.results_dir == out / "deploy"
+        results = json.loads((out / "deploy" / "results.json").read_text())
+        # Without partition-ids, the only way nodes learn their building is --node-config: the first 3 of 5.
+        first_three = list_buildings(tiny_federation)[:3]
+        assert results["nodes"] == first_three
+        assert results["method"] == "mas" and len(results["splits"]) == 2 and set(results["test_loss"]) == set("sdk")
+        assert len(results["history"]) == 2
+        state = assert_all_stopped(pid_file, result.ports)
+        nodes = [s for s in state["started"] if s["name"].startswith("supernode-")]
+        assert [n["building"] for n in nodes] == first_three
+        cmds = {p["pid"]: p["cmd"] for p in state["processes"]}
+        for node, building in zip(nodes, first_three, strict=True):
+            assert f"--node-config building='{building}' data-root='{tiny_federation}'" in cmds[node["pid"]]
+        names = " ".join(cmds.values())
+        assert "flower-superexec" in names, "descendants (SuperExecs) were not tracked"
+        assert set(result.pids) == set(cmds)
+    finally:
+        kill_leftovers(pid_file)
+
+
+def test_deploy_local_failed_run_exits_nonzero_and_stops_everything(private_homes, tiny_federation: Path,
+                                                                      tmp_path: Path) -> None:
+    # Nodes whose dataset lacks the keypoints folders: the ServerApp fails when they cannot load their data.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for entry in tiny_federation.iterdir():
+        if entry.name not in TASKS["k"].folder_names:
+            (broken / entry.name).symlink_to(entry)
+    out = tmp_path / "out"
+    result = run_deployment(2, f"{SMALL} clients-per-round=2 output-dir='{out}'", data_root=str(broken),
+                            timeout=240, grace=5)
+    pid_file = result.deploy_dir / "pids.json"
+    try:
+        assert result.exit_code == 1
+        assert result.status == "finished:failed"
+        assert result.results_dir is None
+        assert_all_stopped(pid_file, result.ports)
+    finally:
+        kill_leftovers(pid_file)
+
+
+@pytest.mark.parametrize(("sig", "when", "code"), [(signal.SIGINT, "running", 130), (signal.SIGTERM, "starting", 143)])
+def test_deploy_local_interrupted_stops_everything(private_homes, tiny_federation: Path, tmp_path: Path,
+                                                   sig: signal.Signals, when: str, code: int) -> None:
+    """Ctrl-C once the run is going, SIGTERM while the nodes are still connecting: both clean up."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mas_flower.cli", "deploy-local", "--nodes", "2", "--data-root", str(tiny_federation),
+           "--timeout", "240", "--run-config", f"{SMALL} clients-per-round=2 output-dir='{out}'"]
+    log = tmp_path / "deploy-local.out"
+    with log.open("wb") as sink:  # a file, not a pipe: a full pipe would block the launcher
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ))
+    pid_file = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list((out / "deployments").glob("*/pids.json"))
+            if found:
+                pid_file = found[0]
+                state = json.loads(pid_file.read_text())
+                nodes = [s for s in state["started"] if s["name"].startswith("supernode-")]
+                if state["phase"] == when and (when == "running" or len(nodes) == 2):
+                    break
+            time.sleep(0.2)
+        assert pid_file is not None and proc.poll() is None, "deploy-local never reached the phase to interrupt"
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        assert proc.returncode == code, log.read_text(errors="replace")[-3000:]
+        state = assert_all_stopped(pid_file, json.loads(pid_file.read_text())["ports"])
+        assert len(state["processes"]) >= 3  # the SuperLink and both SuperNodes, at least
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if pid_file is not None:
+            kill_leftovers(pid_file)
+
+
+def test_plan_generates_the_synthetic_federation_where_the_serverapp_looks(private_homes) -> None:
+    from server_app.config import load_settings, synthetic_root
+
+    config = "synthetic-buildings=3 synthetic-views=2 synthetic-size=16 clients-per-round=2"
+    plan = plan_deployment(2, config, data_root="")
+    assert plan.data_root == synthetic_root(load_settings({"synthetic-buildings": 3, "synthetic-views": 2,
+                                                           "synthetic-size": 16, "clients-per-round": 2}))
+    assert plan.buildings == list_buildings(plan.data_root)[:2]
+    assert plan.run_config == config  # the ServerApp finds the same synthetic folder by itself
+
+
+def test_bad_requests_fail_before_anything_starts(private_homes, tiny_federation: Path, tmp_path: Path) -> None:
+    root = str(tiny_federation)
+    with pytest.raises(ValueError, match="clients-per-round=4 is more than the 3 nodes"):
+        plan_deployment(3, "clients-per-round=4", root)
+    with pytest.raises(ValueError, match="holds only 5 buildings"):
+        plan_deployment(6, "clients-per-round=2", root)
+    with pytest.raises(ValueError, match="unknown run-config key"):
+        plan_deployment(2, "clients-per-round=2 no-such-key=1", root)
+    plan = plan_deployment(2, "clients-per-round=2", root)
+    assert plan.run_config == f"clients-per-round=2 data-root='{root}'"
+    with pytest.raises(ValueError, match="port 3909[01]"):
+        pick_ports(3, base_port=39090)
+    ports = pick_ports(4)
+    assert len(set(ports)) == 4 and all(port_free(p) for p in ports)
