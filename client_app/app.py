@@ -13,7 +13,7 @@ from client_app import protocol as P
 from client_app.node import building_data, node_building
 from mas_flower.energy import EnergyMeter, host_id
 from mas_flower.models import build_model
-from mas_flower.training import TrainConfig, evaluate, pick_device, train_local
+from mas_flower.training import TrainConfig, evaluate, make_weighting, pick_device, train_local
 
 app = ClientApp()
 
@@ -49,7 +49,13 @@ def train(msg: Message, context: Context) -> Message:
         meter = EnergyMeter(country=str(config["energy-country"]) or None,
                             intensity_g_per_kwh=float(config["energy-intensity"]) or None)
         meter.start()
-    result = train_local(net, data.split("train"), cfg, pick_device())
+    # A learnt loss weighting (GradNorm) continues from this node's last round in this federation.
+    weighting, key = make_weighting(cfg, net.tasks), f"weighting-{config['federation']}"
+    if key in context.state.array_records:
+        weighting.load_state_dict(context.state.array_records[key].to_torch_state_dict())
+    result = train_local(net, data.split("train"), cfg, pick_device(), weighting=weighting)
+    if weighting.state_dict():
+        context.state.array_records[key] = ArrayRecord(weighting.state_dict())
     metrics: dict = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_SECONDS: result.seconds}
     if meter is not None:
         energy = meter.stop()

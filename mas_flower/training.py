@@ -173,6 +173,12 @@ def _loss_fn(loss_fn: LossFn | None) -> LossFn:
     return task_losses
 
 
+def make_weighting(cfg: TrainConfig, tasks: str) -> Weighting:
+    """The loss weighting `cfg` names, for `tasks`, with its options."""
+    options = {"alpha": cfg.gradnorm_alpha} if cfg.weighting == "gradnorm" else {}
+    return get_weighting(cfg.weighting, tasks, **options)
+
+
 def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch.device | str = "cpu", *,
                 weighting: Weighting | None = None, loss_fn: LossFn | None = None) -> TrainResult:
     """Train `net` in place for `cfg.epochs` epochs on `data`; the network ends on the device it came on.
@@ -190,8 +196,7 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
     loss_fn = _loss_fn(loss_fn)
     tasks: str = net.tasks
     if weighting is None:
-        options = {"alpha": cfg.gradnorm_alpha} if cfg.weighting == "gradnorm" else {}
-        weighting = get_weighting(cfg.weighting, tasks, **options)
+        weighting = make_weighting(cfg, tasks)
     start = time.perf_counter()
     origin, was_training = _prepare(net, device)
     net.train()

@@ -181,3 +181,23 @@ def test_training_on_real_files(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in net.named_parameters())
     losses, n = evaluate(net, data.split("val"), batch_size=4)
     assert n == len(data.split("val")) and all(np.isfinite(list(losses.values())))
+
+
+def test_gradnorm_state_carries_over_between_calls() -> None:
+    """A client keeps GradNorm's learnt weights, L(0) and Adam moments from one round to the next."""
+
+    torch.manual_seed(0)
+    net = build_model("tiny", "sdk", image_size=32)
+    data = RandomSplit("sdk", n=8, size=32)
+    cfg = TrainConfig(lr=0.05, batch_size=4, weighting="gradnorm", seed=1)
+    first = get_weighting("gradnorm", "sdk", alpha=1.5)
+    train_local(net, data, cfg, weighting=first)
+    state = first.state_dict()
+    assert set(state) >= {"w", "initial", "adam.exp_avg", "adam.exp_avg_sq"}
+    assert state["w"].sum().item() == pytest.approx(3.0, rel=1e-5)
+    resumed = get_weighting("gradnorm", "sdk", alpha=1.5)
+    resumed.load_state_dict(state)
+    assert resumed.weights == pytest.approx(first.weights)
+    assert torch.equal(resumed.state_dict()["initial"], state["initial"])
+    with pytest.raises(ValueError, match="state for 3 tasks, this network has 2"):
+        get_weighting("gradnorm", "sd").load_state_dict(state)

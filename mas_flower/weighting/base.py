@@ -28,6 +28,15 @@ class Weighting(ABC):
         """Called once after the optimiser step (learnable weights update here)."""
         return None
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """What the method has learned, as named tensors, to carry it from one round to the next
+        (a client keeps it between the rounds it is sampled in)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if state:
+            raise ValueError(f"{self.name}: has no state, got {sorted(state)}")
+
     def _ordered(self, losses: Mapping[str, Tensor]) -> list[Tensor]:
         missing = [c for c in self.tasks if c not in losses]
         if missing:

@@ -94,6 +94,25 @@ class GradNorm(Weighting):
             self.w.clamp_(min=MIN_WEIGHT)
             self.w.mul_(len(self.tasks) / self.w.sum())
 
+    def state_dict(self) -> dict[str, Tensor]:
+        if self.w is None or self.initial is None or self.optimizer is None:
+            return {}
+        adam = self.optimizer.state.get(self.w, {})
+        return {"w": self.w.detach().clone(), "initial": self.initial.clone(),
+                **{f"adam.{k}": torch.as_tensor(v).detach().clone() for k, v in adam.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if not state:
+            return
+        if tuple(state["w"].shape) != (len(self.tasks),):
+            raise ValueError(f"GradNorm state for {len(state['w'])} tasks, this network has {len(self.tasks)}")
+        self.w = state["w"].detach().clone().requires_grad_(True)
+        self.initial = state["initial"].detach().clone()
+        self.optimizer = torch.optim.Adam([self.w], lr=self.lr)
+        adam = {k.removeprefix("adam."): v.clone() for k, v in state.items() if k.startswith("adam.")}
+        if adam:
+            self.optimizer.state[self.w] = adam
+
     @property
     def weights(self) -> dict[str, float]:
         if self.w is None:
