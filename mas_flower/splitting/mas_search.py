@@ -7,7 +7,9 @@ no better than the best partition known. The bound is per task: an assigned task
 the mean of its current group's affinities onto it plus those of tasks that may still join, at
 best the top-m remaining ones for the best m; an unassigned task's is the same for each open group
 it could join (whose members it must then take) or, for a new group, its singleton score or its
-largest remaining affinity. Capacity ("exactly x groups") limits how many may still join.
+largest remaining affinity. Capacity ("exactly x groups") limits how many may still join, and so
+how many tasks that could still end alone (singleton score) can have company at all: at most twice
+the number of joiners left, which is what makes the bound bite when most groups are singletons.
 
 If the time limit stops the search, the answer is the best partition found, `optimal` is False and
 `upper_bound` is the largest bound among the unexplored nodes: the true optimum lies in between.
@@ -102,6 +104,8 @@ class _Search:
         for t in range(n + 1):
             desc = -np.sort(-no_self[t:, :], axis=0)
             self.top.append(np.concatenate([np.zeros((1, n)), np.cumsum(desc, axis=0)]).T)
+        self.index = np.arange(n + 1)
+        self.none = np.full(n, -np.inf)
         self.colsum = np.zeros((x, n))
         self.size = np.zeros(x, dtype=np.int64)
         self.assign = np.full(n, -1)
@@ -111,29 +115,42 @@ class _Search:
         self.nodes = 0
 
     def bound(self, t: int, k: int) -> float:
-        """Upper bound on the summed task scores of any completion of the first t assignments."""
+        """Upper bound on the summed task scores of any completion of the first t assignments.
+
+        Tasks that may still end alone (assigned singletons, and unassigned ones while a group can
+        be opened) take their singleton score, plus the best gains from company for at most
+        2 * spare of them: each task with company is a joiner or a group some joiner joined.
+        """
         n, x = self.n, self.x
-        spare = (n - t) - (x - k)  # remaining tasks free to join existing groups
+        spare = (n - t) - (x - k)  # remaining tasks free to join a group rather than open one
         top = self.top[t]
-        total = 0.0
+        slots = 2 * spare
+        total, alone, company = 0.0, self.single.copy(), self.none.copy()
         if t:
             g = self.assign[:t]
-            c, d = self.colsum[g, np.arange(t)], self.size[g] - 1
-            ms = np.arange(spare + 1)
+            c, d = self.colsum[g, self.index[:t]], self.size[g] - 1
             with np.errstate(divide="ignore", invalid="ignore"):
-                v = (c[:, None] + top[:t, : spare + 1]) / (d[:, None] + ms)
-            v[:, 0] = np.where(d > 0, v[:, 0], self.single[:t])
-            total += float(v.max(axis=1).sum())
+                v = (c[:, None] + top[:t, : spare + 1]) / (d[:, None] + self.index[: spare + 1])
+            grouped = d > 0
+            total += float(v[grouped].max(axis=1).sum())
+            alone[:t][grouped] = 0.0  # counted in total; no company gain either
+            company[:t][grouped] = 0.0
+            if spare >= 1:
+                company[:t][~grouped] = v[~grouped, 1:].max(axis=1)
         if t < n:
-            opts = []
             if k and spare >= 1:  # join an open group (taking its members) plus up to spare-1 others
-                ms = np.arange(spare)
-                v = (self.colsum[:k, t:, None] + top[None, t:, :spare]) / (self.size[:k, None, None] + ms)
-                opts.append(v.max(axis=(0, 2)))
-            if k < x:  # open a new group: alone, or with others (mean at most the largest affinity)
-                opts.append(np.maximum(self.single[t:], top[t:, 1]) if spare >= 1 else self.single[t:])
-            total += float(np.max(opts, axis=0).sum())
-        return total
+                v = self.colsum[:k, t:, None] + top[None, t:, :spare]
+                company[t:] = (v / (self.size[:k, None, None] + self.index[:spare])).max(axis=(0, 2))
+            if k < x and spare >= 1:  # open a new group that others join: mean at most the top affinity
+                np.maximum(company[t:], top[t:, 1], out=company[t:])
+            if k == x:  # must join: never alone, and takes one of the 2 * spare places
+                total += float(company[t:].sum())
+                alone[t:], company[t:] = 0.0, 0.0
+                slots -= n - t
+        gain = np.maximum(company - alone, 0.0)
+        if slots < n:
+            gain = np.partition(gain, n - slots)[n - slots:] if slots > 0 else gain[:0]
+        return total + float(alone.sum() + gain.sum())
 
     def _place(self, t: int, g: int, sign: int) -> None:
         self.colsum[g] += sign * self.a[t]
