@@ -125,10 +125,21 @@ def test_branch_and_bound_and_bipartition_match_the_dp():
     for n in (9, 10, 11):
         a = rng.normal(size=(n, n))
         assert partition_score(a, _best_bipartition(a)) == pytest.approx(partition_score(a, _dp_partition(a, 2)))
-        for x in (3, 4):
+        for x in (3, 4, n - 3, n - 2):
             result = branch_and_bound(a, x, time_limit=30)
             assert result.optimal
             assert result.score == pytest.approx(partition_score(a, _dp_partition(a, x)), abs=1e-12)
+
+
+def test_stopped_branch_and_bound_brackets_the_optimum():
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(14, 14))
+    for x in (3, 5):
+        best = partition_score(a, _dp_partition(a, x))
+        stopped = branch_and_bound(a, x, time_limit=0.02, restarts=1)
+        assert stopped.score <= best + 1e-12
+        if not stopped.optimal:
+            assert stopped.upper_bound >= best - 1e-12
 
 
 def test_dp_recursion_on_big_blocks_matches_direct(monkeypatch):
