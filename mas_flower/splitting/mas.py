@@ -7,7 +7,7 @@ Which search runs (all exact unless a time limit stops the last one, and then `o
   v(T) + f_{k-1}(M \\ T). Each level is a max-plus subset convolution, O(3^n), vectorised by lifting
   the (T, M \\ T) pairs onto a ternary array (one axis per task: out / in the rest / in T) and
   maximising axis by axis. Task 0's group is chosen last, so the levels need only the other n - 1
-  tasks: (x - 2) * 3^(n-1) / 2 pair evaluations (n = 18, x = 4: under a second).
+  tasks: (x - 2) * 3^(n-1) / 2 pair evaluations (n = 18, x = 4: about a second).
 - x == 2 and n larger: every bipartition, 2^(n-1) of them, in blocks (meet in the middle: a
   subset's pair sum is lo part + hi part + a cross term from one matrix product). n = 26: seconds.
 - otherwise: branch and bound (`mas_search.py`) seeded by local search, with a time limit.
@@ -84,7 +84,7 @@ def _best_bipartition(a: np.ndarray, block: int = 1 << 20) -> list[tuple[int, ..
 
     A subset S = lo ∪ hi of the two halves of the task list has pair sum
     W(lo) + W(hi) + link(lo) · indicator(hi), so a block of (lo, hi) pairs is one matrix product.
-    The complement of (lo, hi) is (~lo, ~hi), i.e. the same block flipped on both axes.
+    The complement of (lo, hi) is (~lo, ~hi): rows lo_all - lo, and the hi block reversed.
     """
     n = a.shape[0]
     lo_t, hi_t = np.arange((n + 1) // 2), np.arange((n + 1) // 2, n)
