@@ -133,8 +133,7 @@ def _affinity_matrices(runs: list[Run], ts: str, label: str, path: Path) -> Path
         m = matrix[np.ix_(idx, idx)]
         off = np.ma.masked_array(m, mask=np.eye(len(order), dtype=bool))
         scale = float(np.abs(off).max()) or 1.0
-        cmap = plt.get_cmap("RdBu_r").copy()
-        cmap.set_bad("#dddddd")
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
         image = ax.imshow(off, cmap=cmap, vmin=-scale, vmax=scale)
         for a in range(len(order)):
             for b in range(len(order)):

@@ -228,10 +228,11 @@ class _Checker:
         if not isinstance(value, str) or not value:
             self.bad(key, f"must be a path, got {value!r}")
             return None
-        if not Path(value).is_absolute():
-            self.bad(key, f"{value!r} must be an absolute path (the Flower apps run in other folders)")
+        path = Path(value).expanduser()  # `~/...` is anchored, not relative
+        if not path.is_absolute():
+            self.bad(key, f"{value!r} must be an absolute path or start with ~ (the Flower apps run in other folders)")
             return None
-        return Path(value)
+        return path
 
     def data(self) -> tuple[Path | None, dict[str, int] | None]:
         data = self.raw.get("data")
