@@ -1,0 +1,76 @@
+"""A run killed in the merge or the split phase resumes from its checkpoint and ends exactly as an
+uninterrupted run with the same seed would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.flower_processes import pids_with_arg
+from tests.test_app_simulation import run_app
+
+NODES = 4
+
+
+def config(data: Path, out: Path, name: str) -> dict:
+    return {"method": "mas", "task-set": "sdk", "splits": 2, "num-rounds": 5, "merge-rounds": 3,
+            "affinity-rounds": 2, "affinity-every": 2, "clients-per-round": 3, "batch-size": 4, "image-size": 32,
+            "data-root": str(data), "output-dir": str(out), "run-name": name}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(private_homes, tiny_federation: Path, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("reference")
+    run_app(config(tiny_federation, out, "reference"), NODES)
+    return json.loads((out / "reference" / "results.json").read_text())
+
+
+def crash_during(phase: str, run_config: dict, run_dir: Path) -> None:
+    """Start the run in its own process group and SIGKILL it once a checkpoint of `phase` exists."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.run_sim", json.dumps(run_config), str(NODES)],
+                            cwd=Path(__file__).parents[1], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            path = run_dir / "checkpoint.pt"
+            if path.exists():
+                progress = torch.load(path, weights_only=False)["progress"]
+                if progress.stage.phase == phase and progress.next_round >= 1:
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "results.json").exists()
+    # Ray's processes live in the killed group or die with their parent; none of this run may linger.
+    time.sleep(1.0)
+    assert not [p for p in pids_with_arg("tests.run_sim") if p != os.getpid()]
+
+
+@pytest.mark.parametrize("phase", ["merge", "split"])
+def test_killed_run_resumes_to_the_same_results(phase: str, uninterrupted: dict, tiny_federation: Path,
+                                                tmp_path: Path) -> None:
+    run_dir = tmp_path / "crashed"
+    crash_during(phase, config(tiny_federation, tmp_path, "crashed"), run_dir)
+    done = torch.load(run_dir / "checkpoint.pt", weights_only=False)["progress"]
+    assert done.stage.phase == phase
+    run_app({"resume": str(run_dir)}, NODES)
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["splits"] == uninterrupted["splits"]
+    np.testing.assert_allclose(resumed["affinity"]["matrix"], uninterrupted["affinity"]["matrix"], rtol=1e-6)
+    assert resumed["test_loss"] == pytest.approx(uninterrupted["test_loss"], rel=1e-6)
+    assert [h["sampled"] for h in resumed["history"]] == [h["sampled"] for h in uninterrupted["history"]]
+    for mine, theirs in zip(resumed["history"], uninterrupted["history"], strict=True):
+        for name, entry in mine["federations"].items():
+            assert entry["val_loss"] == pytest.approx(theirs["federations"][name]["val_loss"], rel=1e-6)
