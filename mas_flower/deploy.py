@@ -259,13 +259,17 @@ def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, re
     _say(out, f"SuperLink 127.0.0.1:{ports[0]} (pid {link.pid})")
     startup = min(deadline, time.monotonic() + STARTUP_SECONDS)
     _wait(lambda: _healthy(ports[0]), procs, startup, f"the SuperLink to answer on 127.0.0.1:{ports[0]}")
+    # The nodes share this machine: split its cores between them, as the simulation's per-client CPUs do
+    # (the ClientApp sizes torch's threads by OMP_NUM_THREADS), unless the caller already chose.
+    threads = str(max(1, (os.cpu_count() or 1) // len(plan.buildings)))
     for i, (building, port) in enumerate(zip(plan.buildings, ports[1:], strict=True)):
+        node_env = flower_env(deploy_dir / f"node-{i}" / "flwr-home")
+        node_env.setdefault("OMP_NUM_THREADS", threads)
         node_config = f"building={toml_string(building)} data-root={toml_string(str(plan.data_root))}"
         node = procs.start(f"supernode-{i}", [flower_bin("flower-supernode"), "--insecure",
                                               "--superlink", f"127.0.0.1:{ports[0]}", "--node-config", node_config,
                                               "--host", "127.0.0.1", "--port", str(port)],
-                           flower_env(deploy_dir / f"node-{i}" / "flwr-home"), logs / f"supernode-{i}-{building}.log",
-                           deploy_dir, building=building, port=port)
+                           node_env, logs / f"supernode-{i}-{building}.log", deploy_dir, building=building, port=port)
         _say(out, f"SuperNode {i}: building {building}, runtime API 127.0.0.1:{port} (pid {node.pid})")
     want = len(plan.buildings)
     _wait(lambda: online_nodes(env) >= want, procs, startup, f"{want} SuperNodes to connect")
