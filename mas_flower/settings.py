@@ -51,6 +51,7 @@ class Settings:
     min_replies: int
     round_retries: int
     reply_timeout: float
+    node_timeout: float
     energy_country: str
     energy_intensity: float
 
@@ -108,6 +109,8 @@ class Settings:
                             f"{self.clients_per_round}")
         if self.round_retries < 0 or self.reply_timeout < 0 or self.energy_intensity < 0:
             problems.append("round-retries, reply-timeout and energy-intensity must be non-negative")
+        if self.node_timeout <= 0:
+            problems.append(f"node-timeout={self.node_timeout} must be positive")
         if self.resume and not Path(self.resume).is_absolute():
             problems.append(f"resume={self.resume!r} must be the absolute path of a run folder")
         if self.lr <= 0:

@@ -60,13 +60,15 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
         build_model(settings.model, settings.task_set, image_size=settings.image_size)  # fails early on a bad size
         settings = prepare_data(settings)
         method = build_method(settings)
+        runner = FederatedRunner(grid, settings, method, checkpoint=checkpoint)
+        runner.discover()  # every node can load its data, and there are enough of them
         if checkpoint is None:
-            run_dir = new_run_dir(settings)
-            write_json(run_dir / "config.json", settings.to_run_config())
+            runner.run_dir = new_run_dir(settings)
+            write_json(runner.run_dir / "config.json", settings.to_run_config())
         else:
-            run_dir = Path(settings.resume)
+            runner.run_dir = Path(settings.resume)
+        run_dir = runner.run_dir
         log(INFO, "run folder: %s", run_dir)
-        runner = FederatedRunner(grid, settings, method, run_dir, checkpoint)
         meter = EnergyMeter(run_dir / "carbontracker", country=settings.energy_country or None,
                             intensity_g_per_kwh=settings.energy_intensity or None)
         outcome, test_loss = runner.run(meter)

@@ -31,8 +31,6 @@ from server_app.checkpoint import save_checkpoint
 from server_app.exchange import exchange
 from server_app.replies import reject_evaluate_reply, reject_train_reply
 
-NODE_WAIT_SECONDS = 300.0
-
 
 class RoundFailed(RuntimeError):
     """Too few valid replies after every retry: the run stops, its checkpoint stays."""
@@ -68,7 +66,7 @@ def stable_seed(*parts: object) -> int:
 
 
 class FederatedRunner:
-    def __init__(self, grid: Grid, settings: Settings, method: Method, run_dir: Path,
+    def __init__(self, grid: Grid, settings: Settings, method: Method, run_dir: Path | None = None,
                  checkpoint: dict[str, Any] | None = None) -> None:
         self.grid, self.settings, self.method, self.run_dir = grid, settings, method, run_dir
         self.strategy = FedAvg(weighted_by_key=P.NUM_EXAMPLES, arrayrecord_key=P.ARRAYS,
@@ -97,7 +95,7 @@ class FederatedRunner:
     def discover(self) -> dict[int, str]:
         """Ask every node which building it holds; map node ids (random per run) to buildings."""
         need = self.settings.clients_per_round
-        deadline = time.monotonic() + NODE_WAIT_SECONDS
+        deadline = time.monotonic() + self.settings.node_timeout
         while len(ids := sorted(self.grid.get_node_ids())) < need and time.monotonic() < deadline:
             log(INFO, "waiting for nodes: %d connected, %d needed", len(ids), need)
             time.sleep(1.0)
@@ -106,8 +104,8 @@ class FederatedRunner:
         query = RecordDict({P.CONFIG: ConfigRecord(self.data_config())})
         tagged = [(nid, Message(content=query, dst_node_id=nid, message_type=f"{MessageType.QUERY}.{P.INFO_QUERY}"))
                   for nid in ids]
-        # Not reply-timeout: the first message also waits for the engine or the nodes to start.
-        replies = exchange(self.grid, tagged, timeout=NODE_WAIT_SECONDS)
+        # The first message also waits for the engine or the nodes to start up: the longer timeout.
+        replies = exchange(self.grid, tagged, timeout=max(self.settings.node_timeout, self.settings.reply_timeout))
         failures = [f"node {nid}: {r.error.reason}" for nid, r in replies.items() if r.has_error()]
         if failures:
             raise RuntimeError("nodes could not load their data: " + "; ".join(failures))
@@ -270,6 +268,7 @@ class FederatedRunner:
         return Progress(stage, states)
 
     def checkpoint(self) -> None:
+        assert self.run_dir is not None, "the run folder is made before the first round"
         self.ledger.wall_seconds = self.wall_before + time.monotonic() - self.session_started
         save_checkpoint(self.run_dir, {
             "config": self.settings.to_run_config(), "method": self.method, "ledger": self.ledger,
@@ -291,8 +290,10 @@ class FederatedRunner:
         `meter` measures this machine while the run goes on, but only when some nodes share it (as in
         simulation): then the machine is counted once, not once per client. Nodes on other machines
         meter their own training and report it.
+        Call `discover()` first.
         """
-        self.discover()
+        if not self.nodes:
+            raise RuntimeError("discover() the nodes before running")
         if len(self.remote) < len(self.nodes):
             meter.start()
         try:
