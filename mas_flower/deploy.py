@@ -95,8 +95,7 @@ def run_deployment(nodes: int, run_config: str = "", data_root: str = "", base_p
         raise ValueError(f"timeout={timeout} must be positive")
     plan = plan_deployment(nodes, run_config, data_root)
     ports = pick_ports(nodes + 1, base_port)
-    deploy_dir = plan.output_root / "deployments" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    deploy_dir.mkdir(parents=True)
+    deploy_dir = _fresh_dir(plan.output_root / "deployments" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     procs = ProcessSet(deploy_dir / "pids.json")
     procs.set_phase("starting", deploy_dir=str(deploy_dir), ports=ports, started_at=time.time())
     result = DeployResult(exit_code=1, deploy_dir=deploy_dir, ports=ports)
@@ -119,6 +118,18 @@ def run_deployment(nodes: int, run_config: str = "", data_root: str = "", base_p
         _say(out, f"results: {result.results_dir}")
     _say(out, f"logs and pids.json: {deploy_dir}")
     return result
+
+
+def _fresh_dir(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, k = path, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            k += 1
+            candidate = path.with_name(f"{path.name}-{k}")
 
 
 # Plan ------------------------------------------------------------------------------------------------
@@ -338,8 +349,12 @@ def _healthy(port: int) -> bool:
 
 
 def _flwr_json(args: list[str], env: dict[str, str], timeout: float = 60.0) -> dict[str, Any]:
-    done = subprocess.run([flower_bin("flwr"), *args, CONNECTION, "--format", "json"], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, cwd=env["FLWR_HOME"])
+    try:
+        done = subprocess.run([flower_bin("flwr"), *args, CONNECTION, "--format", "json"], env=env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              cwd=env["FLWR_HOME"])
+    except subprocess.TimeoutExpired as err:
+        raise DeployError(f"`flwr {' '.join(args)}` did not answer within {timeout:g} s") from err
     text = done.stdout
     try:
         return dict(json.loads(text[text.index("{"):]))
@@ -352,7 +367,7 @@ def online_nodes(env: dict[str, str]) -> int:
     """How many SuperNodes the SuperLink sees online (0 while it cannot be asked)."""
     try:
         reply = _flwr_json(["supernode", "list"], env)
-    except (DeployError, subprocess.TimeoutExpired):
+    except DeployError:
         return 0
     return sum(1 for node in reply.get("nodes", []) if node.get("status") == "online")
 

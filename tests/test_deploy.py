@@ -152,3 +152,20 @@ def test_bad_requests_fail_before_anything_starts(private_homes, tiny_federation
         pick_ports(3, base_port=39090)
     ports = pick_ports(4)
     assert len(set(ports)) == 4 and all(port_free(p) for p in ports)
+
+
+def test_process_set_names_the_dead_process_and_stops_every_descendant(tmp_path: Path) -> None:
+    from mas_flower.deploy import DeployError, _wait
+    from mas_flower.processes import ProcessSet
+
+    procs = ProcessSet(tmp_path / "pids.json")
+    env = dict(os.environ)
+    # A parent whose children start their own session (as Flower's SuperExec does): a process-group kill misses it.
+    procs.start("tree", ["sh", "-c", "setsid sleep 300 & sleep 300 & wait"], env, tmp_path / "tree.log", tmp_path)
+    procs.start("supernode-1", ["sh", "-c", "sleep 1; echo 'boom: cannot reach the SuperLink'; exit 3"], env,
+                tmp_path / "node.log", tmp_path, building="beechwood")
+    with pytest.raises(DeployError, match=r"supernode-1 \(pid \d+, building beechwood\) exited with code 3(.|\n)*boom"):
+        _wait(lambda: False, procs, time.monotonic() + 30, "2 SuperNodes to connect")
+    assert len(procs.alive()) == 3  # sh and both sleeps, found through /proc
+    assert procs.stop(grace=2) == []
+    assert not leftovers(tmp_path / "pids.json")
