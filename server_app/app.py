@@ -16,7 +16,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from mas_flower.energy import EnergyMeter
-from mas_flower.methods import build_method
+from mas_flower.methods import Method, build_method
 from mas_flower.models import build_model
 from mas_flower.results import new_run_dir, write_json
 from mas_flower.settings import Settings
@@ -50,16 +50,22 @@ def resolve(run_config: dict[str, Any], overrides: dict[str, Any] | None) -> tup
     return original, checkpoint
 
 
+def preflight(run_config: dict[str, Any], overrides: dict[str, Any] | None = None
+              ) -> tuple[Settings, Method, dict | None]:
+    """Everything checked before any node is contacted: settings, model and image size, data, method."""
+    settings, checkpoint = resolve(run_config, overrides)
+    build_model(settings.model, settings.task_set, image_size=settings.image_size)  # fails early on a bad size
+    settings = prepare_data(settings)
+    return settings, build_method(settings), checkpoint
+
+
 def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
     """A ServerApp whose settings are the app defaults, the run config, then `overrides` (for tests)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings, checkpoint = resolve(dict(context.run_config), overrides)
-        build_model(settings.model, settings.task_set, image_size=settings.image_size)  # fails early on a bad size
-        settings = prepare_data(settings)
-        method = build_method(settings)
+        settings, method, checkpoint = preflight(dict(context.run_config), overrides)
         runner = FederatedRunner(grid, settings, method, checkpoint=checkpoint)
         runner.discover()  # every node can load its data, and there are enough of them
         if checkpoint is None:

@@ -19,8 +19,20 @@ GOOD = {"method": "mas", "task-set": "sdk", "splits": 2, "num-rounds": 2, "merge
     ({"task-set": "sdxq"}, r"unknown task letter\(s\) 'q', 'x'"),
     ({"splits": 4}, r"splits=4 must be between 1 and the 3 tasks"),
     ({"merge-rounds": 3}, r"merge-rounds=3 must be between 1 and num-rounds=2"),
-    ({"clients-per-round": 5}, r"clients-per-round=5 but only 3 nodes"),
     ({"image-size": 30}, r"image.size.*30"),
+    ({"resume": "/nonexistent/run"}, r"resume='/nonexistent/run': no such run folder"),
+])
+def test_bad_settings_fail_the_preflight(override: dict, message: str, tiny_federation: Path) -> None:
+    """What the ServerApp checks before it contacts any node (the flwr-run test below shows such a
+    failure ends the run `finished:failed`)."""
+    from server_app.app import preflight
+
+    with pytest.raises(ValueError, match=message):
+        preflight({}, {**GOOD, "data-root": str(tiny_federation), **override})
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"clients-per-round": 5}, r"clients-per-round=5 but only 3 nodes"),
     ({"data-root": "/nonexistent/taskonomy"}, r"/nonexistent/taskonomy"),
 ])
 def test_bad_input_fails_before_training(override: dict, message: str, private_homes, tiny_federation: Path,
