@@ -25,54 +25,27 @@ import copy
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from mas_flower.data.random_split import RandomSplit
 from mas_flower.models import build_model
-from mas_flower.tasks import needs_mask, parse_tasks
 from mas_flower.training import TrainConfig, train_local
 
 PAPER_AFFINITY_ROUNDS, PAPER_ROUNDS, PAPER_EPOCHS = 10, 100, 5
 
 
-class RandomData:
-    """Random images and targets in the loader's batch format (timing does not depend on content)."""
-
-    def __init__(self, tasks: str, n: int, size: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.t: dict[str, Tensor] = {"rgb": torch.rand(n, 3, size, size, generator=g)}
-        for task in parse_tasks(tasks):
-            if task.is_classification:
-                self.t[task.letter] = torch.randint(0, task.out_channels, (n, size, size), generator=g)
-            else:
-                self.t[task.letter] = torch.randn(n, task.out_channels, size, size, generator=g)
-        if needs_mask(tasks):
-            self.t["mask"] = torch.rand(n, 1, size, size, generator=g) < 0.8
-
-    def __len__(self) -> int:
-        return len(self.t["rgb"])
-
-    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[dict[str, Tensor]]:
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            idx = order[start:start + batch_size]
-            yield {k: v[idx] for k, v in self.t.items()}
-
-
 def time_epochs(model: str, tasks: str, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     """Median (cpu, wall) seconds of one epoch per mode."""
-    data = RandomData(tasks, args.batch_size * args.batches, args.size)
+    data = RandomSplit(tasks, args.batch_size * args.batches, args.size)
     torch.manual_seed(0)
     start = build_model(model, tasks, image_size=args.size)
     modes = {"off": (0, "exact"), "exact": (args.every, "exact"), "first_order": (args.every, "first_order")}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     wall: dict[str, list[float]] = {m: [] for m in modes}
-    warm = RandomData(tasks, args.batch_size, args.size)
+    warm = RandomSplit(tasks, args.batch_size, args.size)
     train_local(copy.deepcopy(start), warm, TrainConfig(lr=0.01, batch_size=args.batch_size, affinity_every=1))
     for _ in range(args.repeats):
         for name, (every, mode) in modes.items():
@@ -106,7 +79,7 @@ def _agreement_data(tasks: str, args: argparse.Namespace, tmp: Path):
         from mas_flower.data import open_building
         from mas_flower.synthetic import generate_dataset
     except ImportError:
-        return RandomData(tasks, 8 * args.agreement_batch_size, args.size), "random tensors (no synthetic generator)"
+        return RandomSplit(tasks, 8 * args.agreement_batch_size, args.size), "random tensors (no synthetic generator)"
     root = tmp / "synthetic"
     generate_dataset(root, buildings=1, views=args.agreement_views, size=args.size, seed=0)
     building = sorted(p.name for p in (root / "rgb").iterdir())[0]

@@ -30,7 +30,7 @@ import tomllib
 
 from mas_flower.data import list_buildings
 from mas_flower.processes import ProcessSet, Started
-from mas_flower.results import RESULTS_FILE
+from mas_flower.results import RESULTS_FILE, fresh_dir
 from mas_flower.settings import Settings, home
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def run_deployment(nodes: int, run_config: str = "", data_root: str = "", base_p
         raise ValueError(f"timeout={timeout} must be positive")
     plan = plan_deployment(nodes, run_config, data_root)
     ports = pick_ports(nodes + 1, base_port)
-    deploy_dir = _fresh_dir(plan.output_root / "deployments" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    deploy_dir = fresh_dir(plan.output_root / "deployments" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     procs = ProcessSet(deploy_dir / "pids.json")
     procs.set_phase("starting", deploy_dir=str(deploy_dir), ports=ports, started_at=time.time())
     result = DeployResult(exit_code=1, deploy_dir=deploy_dir, ports=ports)
@@ -118,18 +118,6 @@ def run_deployment(nodes: int, run_config: str = "", data_root: str = "", base_p
         _say(out, f"results: {result.results_dir}")
     _say(out, f"logs and pids.json: {deploy_dir}")
     return result
-
-
-def _fresh_dir(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    candidate, k = path, 1
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            k += 1
-            candidate = path.with_name(f"{path.name}-{k}")
 
 
 # Plan ------------------------------------------------------------------------------------------------

@@ -40,15 +40,20 @@ def new_run_dir(settings: Settings) -> Path:
     name = settings.run_name or (
         f"{settings.method}{splits}-{settings.task_set}-seed{settings.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    root.mkdir(parents=True, exist_ok=True)
-    candidate, k = root / name, 1
+    return fresh_dir(root / name)
+
+
+def fresh_dir(path: Path) -> Path:
+    """Make `path`, or `path-2`, `path-3`, ... if taken: atomically, so two processes never share one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, k = path, 1
     while True:
         try:
             candidate.mkdir()
             return candidate
         except FileExistsError:
             k += 1
-            candidate = root / f"{name}-{k}"
+            candidate = path.with_name(f"{path.name}-{k}")
 
 
 def affinity_payload(task_set: str, matrix: np.ndarray | None) -> dict[str, Any] | None:

@@ -10,6 +10,17 @@ import pytest
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids spinning against other processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def private_homes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Flower's and our home folders inside the test's temp space (never the user's)."""

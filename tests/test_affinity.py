@@ -9,22 +9,16 @@ import pytest
 import torch
 
 from mas_flower.affinity import AffinityAccumulator, batch_affinity, is_lookahead_batch
+from mas_flower.data.random_split import RandomSplit
 from mas_flower.losses import task_losses
 from mas_flower.models import build_model
 from mas_flower.training import TrainConfig, train_local
-from tests.batch_source import RandomSplit
 
 TASKS = "sdnkt"
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(tasks: str = TASKS, seed: int = 0) -> torch.nn.Module:

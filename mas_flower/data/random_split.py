@@ -1,4 +1,4 @@
-"""A small in-memory data split for training tests: random images and targets for any task letters.
+"""An in-memory split of random images and targets for any task letters (tests and benchmarks).
 
 It speaks the loader's `batches(...)`/`__len__` protocol (shuffle and flip from the given generator),
 so training can be tested before, and independently of, the file loader.
