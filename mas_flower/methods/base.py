@@ -10,12 +10,12 @@ subclass decorated by `register_method`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from mas_flower.registry import Registry
 from mas_flower.settings import Settings
 
 State = dict[str, torch.Tensor]
@@ -107,21 +107,6 @@ class Method(ABC):
         return Stage(phase, federations, rounds, schedule_start, self.settings.num_rounds, affinity_rounds)
 
 
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: make a method available as `method = "<name>"` in the run config."""
-
-    def decorate(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def registry() -> Mapping[str, type[Method]]:
-    return _REGISTRY
+METHODS: Registry[Method] = Registry("method")
+#: Class decorator: make a method available as `method = "<name>"` in the run config.
+register_method = METHODS.register

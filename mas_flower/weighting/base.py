@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
+
+from mas_flower.registry import Registry
 
 
 class Weighting(ABC):
@@ -49,30 +51,15 @@ class Weighting(ABC):
         return dict.fromkeys(self.tasks, 1.0)
 
 
-_REGISTRY: dict[str, type[Weighting]] = {}
-
-
-def register_weighting(name: str) -> Callable[[type[Weighting]], type[Weighting]]:
-    """Class decorator: make a weighting available as `get_weighting("<name>")`."""
-
-    def decorate(cls: type[Weighting]) -> type[Weighting]:
-        if name in _REGISTRY:
-            raise ValueError(f"weighting {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
+WEIGHTINGS: Registry[Weighting] = Registry("weighting")
+#: Class decorator: make a weighting available as `get_weighting("<name>")`.
+register_weighting = WEIGHTINGS.register
 
 
 def list_weightings() -> list[str]:
-    return sorted(_REGISTRY)
+    return WEIGHTINGS.names()
 
 
 def get_weighting(name: str, tasks: str, **kwargs: Any) -> Weighting:
     """A fresh weighting `name` for the task string `tasks`; options go to its constructor."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown weighting {name!r}; known: {', '.join(list_weightings())}") from None
-    return cls(tasks, **kwargs)
+    return WEIGHTINGS.get(name)(tasks, **kwargs)
