@@ -2,7 +2,8 @@
 
 FAULTS maps a partition id to a fault: "raise" (the handler raises), "nan" (the trained arrays
 come back with NaN), "sleep" (its first train reply comes after SLEEP_SECONDS) or "late-raise" (raises from
-round 2 on). Other nodes behave normally.
+round 2 on), "remote" (the node says it runs on another machine, so it meters its own training).
+Other nodes behave normally.
 """
 
 from __future__ import annotations
@@ -51,4 +52,11 @@ def train(msg: Message, context: Context) -> Message:
 
 
 app.evaluate()(real.evaluate_)
-app.query(P.INFO_QUERY)(real.info)
+
+
+@app.query(P.INFO_QUERY)
+def info(msg: Message, context: Context) -> Message:
+    reply = real.info(msg, context)
+    if faults().get(int(context.node_config["partition-id"])) == "remote":
+        reply.content[P.CONFIG][P.HOST] = f"another-machine-{context.node_id}"
+    return reply

@@ -62,3 +62,16 @@ def test_too_few_replies_stop_the_run_with_its_checkpoint(monkeypatch, private_h
     assert not (run / "results.json").exists()
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
     assert checkpoint["progress"].next_round == 1 and len(checkpoint["ledger"].history) == 1
+
+
+def test_nodes_on_other_machines_meter_their_own_training(monkeypatch, private_homes, tiny_federation: Path,
+                                                          tmp_path: Path) -> None:
+    """Every node claims another machine: the server does not meter its own, the nodes report theirs."""
+    run_faulty(monkeypatch, "0=remote,1=remote,2=remote",
+               {**BASE, "clients-per-round": 2, "data-root": str(tiny_federation), "output-dir": str(tmp_path),
+                "run-name": "remote"}, nodes=3)
+    results = json.loads((tmp_path / "remote" / "results.json").read_text())
+    assert results["energy_parts"] == []  # the server's meter never started
+    assert "3 remote node(s) metered their own training" in results["energy_method"]
+    assert results["energy_kwh"] > 0
+    assert results["co2_g"] == pytest.approx(results["energy_kwh"] * 210.89114, rel=1e-6)
