@@ -32,11 +32,8 @@ def _network(msg: Message) -> tuple[torch.nn.Module, dict]:
     return net, config
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    net, config = _network(msg)
-    data = building_data(config, context)
-    cfg = TrainConfig(
+def _train_config(config: dict) -> TrainConfig:
+    return TrainConfig(
         lr=float(config["lr"]), epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
         prox_mu=float(config["prox-mu"]), weighting=str(config["weighting"]),
         gradnorm_alpha=float(config["gradnorm-alpha"]), affinity_every=int(config["affinity-every"]),
@@ -44,6 +41,13 @@ def train(msg: Message, context: Context) -> Message:
         affinity_first_epoch_only=bool(config["affinity-first-epoch-only"]), seed=int(config["seed"]),
         num_threads=cpu_threads(),
     )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    net, config = _network(msg)
+    data = building_data(config, context)
+    cfg = _train_config(config)
     meter = None
     if bool(config.get("measure-energy", False)):  # on its own machine: this node meters its training
         meter = EnergyMeter(country=str(config["energy-country"]) or None,

@@ -27,7 +27,8 @@ def energy_summary(ledger: Ledger, remote_nodes: int) -> dict[str, Any]:
     return {
         "energy_kwh": sum(p["energy_kwh"] for p in local) + ledger.remote_energy_kwh,
         "co2_g": sum(p["co2_g"] for p in local) + ledger.remote_co2_g,
-        "energy_estimated": any(p["estimated"] for p in local) or not local and not remote_nodes,
+        "energy_estimated": (any(p["estimated"] for p in local) or ledger.remote_estimated
+                             or not local and not remote_nodes),
         "energy_method": "; ".join(methods) or "nothing measured",
         "carbontracker_version": carbontracker_version(),
         "carbon_intensity_g_per_kwh": intensity,

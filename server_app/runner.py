@@ -46,6 +46,7 @@ class Ledger:
     #: Energy of remote nodes (on other machines than the server), summed from their replies.
     remote_energy_kwh: float = 0.0
     remote_co2_g: float = 0.0
+    remote_estimated: bool = False
     #: Energy reports of the server's own meter, one per session of the run (a resume starts one).
     local_energy: list[dict[str, Any]] = field(default_factory=list)
 
@@ -204,6 +205,7 @@ class FederatedRunner:
                 self.ledger.client_train_seconds += float(reply[P.TRAIN_SECONDS])
                 self.ledger.remote_energy_kwh += float(reply.get(P.ENERGY_KWH, 0.0))
                 self.ledger.remote_co2_g += float(reply.get(P.CO2_G, 0.0))
+                self.ledger.remote_estimated |= bool(reply.get(P.ENERGY_ESTIMATED, 0))
             entry: dict[str, Any] = {"train_loss": _losses(metrics, fed.tasks)}
             matrix = _affinity(ok, len(fed.tasks))
             if matrix is not None:
