@@ -21,15 +21,16 @@ RESULTS_FILE = "results.json"
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temp file, then rename), so readers never see half a file."""
+    """Write JSON atomically, so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
     os.replace(tmp, path)
 
 
-def save_state(path: Path, state: dict[str, torch.Tensor]) -> None:
+def save_torch(path: Path, payload: Any) -> None:
+    """`torch.save` atomically (temp file, then rename): a kill mid-write leaves the old file intact."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
+    torch.save(payload, tmp)
     os.replace(tmp, path)
 
 

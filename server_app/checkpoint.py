@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mas_flower.results import save_torch
+
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> None:
-    path = run_dir / CHECKPOINT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_torch(run_dir / CHECKPOINT_FILE, payload)
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:

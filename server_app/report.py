@@ -11,7 +11,7 @@ from flwr.common.logger import log
 
 from mas_flower.energy import carbontracker_version
 from mas_flower.methods import StageOutcome
-from mas_flower.results import RESULTS_FILE, affinity_payload, save_state, write_json
+from mas_flower.results import RESULTS_FILE, affinity_payload, save_torch, write_json
 from mas_flower.settings import Settings
 from server_app.runner import FederatedRunner, Ledger
 
@@ -44,9 +44,9 @@ def write_outputs(settings: Settings, runner: FederatedRunner, outcome: StageOut
     weights.mkdir(exist_ok=True)
     for done in runner.outcomes:  # every stage's final networks, and the inherited starts of later stages
         for fed in done.stage.federations:
-            save_state(weights / f"{done.stage.phase}-{fed.name}.pt", done.states[fed.name])
+            save_torch(weights / f"{done.stage.phase}-{fed.name}.pt", done.states[fed.name])
             if fed.init is not None:
-                save_state(weights / f"{done.stage.phase}-{fed.name}-init.pt", fed.init)
+                save_torch(weights / f"{done.stage.phase}-{fed.name}-init.pt", fed.init)
     affinity = affinity_payload(settings.task_set, method.affinity)
     if affinity is not None:
         write_json(run_dir / "affinity.json", affinity)

@@ -269,9 +269,13 @@ class FederatedRunner:
             ", ".join(f"{f.name}({f.tasks})" for f in stage.federations))
         return Progress(stage, states)
 
+    def _count_wall_time(self) -> None:
+        """Wall time of the run so far: earlier sessions (before a resume) plus this one."""
+        self.ledger.wall_seconds = self.wall_before + time.monotonic() - self.session_started
+
     def checkpoint(self) -> None:
         assert self.run_dir is not None, "the run folder is made before the first round"
-        self.ledger.wall_seconds = self.wall_before + time.monotonic() - self.session_started
+        self._count_wall_time()
         save_checkpoint(self.run_dir, {
             "config": self.settings.to_run_config(), "method": self.method, "ledger": self.ledger,
             "outcomes": self.outcomes, "progress": self.progress, "rng": self.rng.bit_generator.state,
@@ -320,7 +324,7 @@ class FederatedRunner:
             self.checkpoint()
         serving = self.method.serving(outcome)
         test = self.evaluate(outcome.stage, outcome.states, "test")
-        self.ledger.wall_seconds = self.wall_before + time.monotonic() - self.session_started
+        self._count_wall_time()
         return outcome, {letter: test[name][letter] for letter, name in serving.items()}
 
 

@@ -36,7 +36,7 @@ class HigherOrderApproximation(Method):
         for (i, a), (j, b) in combinations(enumerate(tasks), 2):
             pair[i, j], pair[j, i] = val[a + b][b], val[a + b][a]
         result = hoa_split(single, pair, self.settings.splits, tasks=list(tasks))
-        self.splits = ["".join(tasks[i] for i in g) for g in result.groups]
+        self.splits = result.labels(tasks)
         self.details.update(hoa_single_val_loss=dict(zip(tasks, single, strict=True)),
                             hoa_pair_val_loss=pair.tolist(), hoa_estimated_total=float(result.score),
                             hoa_optimal=bool(result.optimal))

@@ -26,7 +26,7 @@ class MergeAndSplit(Method):
         s = self.settings
         self.affinity = outcome.affinity["all"]
         result = mas_split(self.affinity, s.splits)
-        groups = ["".join(s.task_set[i] for i in group) for group in result.groups]
+        groups = result.labels(s.task_set)
         self.splits = groups
         self.details["split_score"] = float(result.score)
         self.details["split_optimal"] = bool(result.optimal)

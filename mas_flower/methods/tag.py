@@ -25,6 +25,6 @@ class TaskAffinityGrouping(Method):
         tasks = self.settings.task_set
         self.affinity = outcome.affinity["all"]
         result = tag_split(self.affinity, self.settings.splits)
-        self.splits = ["".join(tasks[i] for i in g) for g in result.groups]
+        self.splits = result.labels(tasks)
         self.details.update(split_score=float(result.score), split_optimal=bool(result.optimal))
         return self.stage("groups", [FederationSpec(g, g) for g in self.splits])
