@@ -39,7 +39,7 @@ def _train_config(config: dict) -> TrainConfig:
         gradnorm_alpha=float(config["gradnorm-alpha"]), affinity_every=int(config["affinity-every"]),
         affinity_mode=str(config["affinity-mode"]),
         affinity_first_epoch_only=bool(config["affinity-first-epoch-only"]), seed=int(config["seed"]),
-        num_threads=cpu_threads(),
+        num_threads=cpu_threads(), precision=str(config.get("precision", "auto")),
     )
 
 
@@ -60,7 +60,8 @@ def train(msg: Message, context: Context) -> Message:
     result = train_local(net, data.split("train"), cfg, pick_device(), weighting=weighting)
     if weighting.state_dict():
         context.state.array_records[key] = ArrayRecord(weighting.state_dict())
-    metrics: dict = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_SECONDS: result.seconds}
+    metrics: dict = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_SECONDS: result.seconds,
+                     P.BF16: int(result.precision == "bf16")}
     if meter is not None:
         energy = meter.stop()
         metrics.update({P.ENERGY_KWH: energy.energy_kwh, P.CO2_G: energy.co2_g,
@@ -77,7 +78,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_(msg: Message, context: Context) -> Message:
     net, config = _network(msg)
     data = building_data(config, context)
-    losses, n = evaluate(net, data.split(str(config["split"])), int(config["batch-size"]), pick_device())
+    losses, n = evaluate(net, data.split(str(config["split"])), int(config["batch-size"]), pick_device(),
+                         precision=str(config.get("precision", "auto")))
     metrics: dict = {P.NUM_EXAMPLES: n, **{P.loss_key(k): float(v) for k, v in losses.items()}}
     return Message(content=RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
 

@@ -12,6 +12,8 @@ INFO_QUERY = "info"
 
 NUM_EXAMPLES = "num-examples"
 TRAIN_SECONDS = "train-seconds"
+#: 1 when the client trained under bf16 autocast, 0 in float32.
+BF16 = "bf16"
 AFFINITY = "affinity"
 AFFINITY_COUNT = "affinity-count"
 BUILDING = "building"

@@ -15,12 +15,14 @@ Conventions (the choices the formula leaves open):
   L_j(θ_s) they are compared with, so both use the batch's statistics. Every buffer they touch
   (running mean/var, num_batches_tracked) is restored bit for bit afterwards, as are the encoder
   weights and the global RNG state, so measuring never changes the training trajectory.
-- L_j(θ_s) is taken from the real training step's forward pass (no extra forward). A task whose
-  L_j(θ_s) is 0 gets Z[:, j] = 0 (nothing to improve).
+- L_j(θ_s) is taken from the real training step's forward pass (no extra forward) in float32
+  training. Under bf16 autocast the exact mode evaluates L_j(θ_s) and every L_j(θ_s|i) in float32,
+  because bf16 rounding of a mean loss (~5e-5 relative) is as large as the effect Z measures; the
+  gradients g_i may stay bf16. A task whose L_j(θ_s) is 0 gets Z[:, j] = 0 (nothing to improve).
 
 Cost per lookahead batch (exact): n backward passes through one decoder each (∂L_i/∂rep) and n
 vector-Jacobian products through the encoder for the per-task gradients, all on the training step's
-own forward graph, then n no-grad forward passes of the whole network.
+own forward graph, then n no-grad forward passes of the whole network (n + 1 under bf16, all float32).
 
 First-order mode (`mode="first_order"`): a first-order Taylor expansion of L_j around θ_s gives
     L_j(θ_s − η d_i) = L_j(θ_s) − η ⟨∇L_j, d_i⟩ + O(η²),  d_i = g_i + λ θ_s,
@@ -35,7 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,16 +145,27 @@ def _ratio_affinity(before: np.ndarray, after: np.ndarray, lr: float) -> np.ndar
     return z
 
 
-def lookahead_from_gradients(net: nn.Module, batch: Mapping[str, Tensor], base_losses: Mapping[str, Tensor],
+def _fp32_losses(net: nn.Module, batch: Mapping[str, Tensor], loss_fn: LossFn) -> np.ndarray:
+    """The task losses of one forward pass in float32, even inside an outer autocast region."""
+    device_type = batch["rgb"].device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        out = net.decode(net.encode(batch["rgb"]))
+        return _as_float(loss_fn(out, batch, net.tasks), net.tasks)
+
+
+def lookahead_from_gradients(net: nn.Module, batch: Mapping[str, Tensor], base_losses: Mapping[str, Tensor] | None,
                              grads: Sequence[Sequence[Tensor | None]], *, lr: float, weight_decay: float,
-                             mode: str = "exact", loss_fn: LossFn | None = None,
-                             autocast: Callable[[], AbstractContextManager] = nullcontext) -> np.ndarray:
+                             mode: str = "exact", loss_fn: LossFn | None = None) -> np.ndarray:
     """The n × n affinity of one batch from the per-task encoder gradients (`task_encoder_gradients`).
 
-    `base_losses` are L_j(θ_s) from the same forward pass the gradients came from. Exact mode steps
-    the encoder in place and runs n forward passes in `net`'s current mode; it must run after the
-    training step's backward (which needs the unmodified weights) and before its optimiser step.
-    Weights, buffers and RNG state are restored exactly.
+    `base_losses` are L_j(θ_s) from the same float32 forward pass the gradients came from, or None
+    to evaluate them here. Under bf16 autocast pass None: Z is a relative loss change of about
+    η·|Z| ≈ 5e-5 per step, the size of bf16 rounding in a mean loss, so both the before- and the
+    after-losses of the ratio must come from float32 forward passes (the gradients, which only set
+    the step's direction, may stay bf16; audit-2026-11, "Defect found in ours").
+    Exact mode steps the encoder in place and runs its forward passes in float32 in `net`'s current
+    mode; it must run after the training step's backward (which needs the unmodified weights) and
+    before its optimiser step. Weights, buffers and RNG state are restored exactly.
     """
     if mode not in AFFINITY_MODES:
         raise ValueError(f"affinity mode {mode!r} must be one of {AFFINITY_MODES}")
@@ -160,10 +173,14 @@ def lookahead_from_gradients(net: nn.Module, batch: Mapping[str, Tensor], base_l
         raise ValueError(f"lookahead affinity needs a positive learning rate, got lr={lr}")
     tasks: str = net.tasks
     params = encoder_params(net)
-    before = _as_float(base_losses, tasks)
+    loss_fn = loss_fn or _default_loss_fn()
+    if base_losses is not None:
+        before = _as_float(base_losses, tasks)
+    else:
+        with preserved_state(net):
+            before = _fp32_losses(net, batch, loss_fn)
     if mode == "first_order":
         return _first_order(params, grads, before, weight_decay, float(net.grad_scale))
-    loss_fn = loss_fn or _default_loss_fn()
     after = np.zeros((len(tasks), len(tasks)))
     saved = [p.detach().clone() for p in params]
     with preserved_state(net):
@@ -172,9 +189,7 @@ def lookahead_from_gradients(net: nn.Module, batch: Mapping[str, Tensor], base_l
                 for p, g in zip(params, grads[i], strict=True):
                     if g is not None:  # as torch.optim.SGD: no gradient, no step (no decay either)
                         p.add_(g.add(p, alpha=weight_decay), alpha=-lr)
-                with autocast():
-                    out = net.decode(net.encode(batch["rgb"]))
-                    after[i] = _as_float(loss_fn(out, batch, tasks), tasks)
+                after[i] = _fp32_losses(net, batch, loss_fn)
                 for p, s in zip(params, saved, strict=True):
                     p.copy_(s)
         finally:
@@ -206,24 +221,26 @@ def _first_order(params: Sequence[Tensor], grads: Sequence[Sequence[Tensor | Non
 
 
 def batch_affinity(net: nn.Module, batch: Mapping[str, Tensor], *, lr: float, weight_decay: float,
-                   mode: str = "exact", loss_fn: LossFn | None = None,
-                   autocast: Callable[[], AbstractContextManager] = nullcontext) -> np.ndarray:
+                   mode: str = "exact", loss_fn: LossFn | None = None, bf16: bool = False) -> np.ndarray:
     """The affinity of one batch on its own (its own forward pass); `net` is left exactly as it was.
 
     Runs in `net`'s current mode (use training mode to match what clients measure during training).
+    `bf16`: the per-task gradients come from a bf16-autocast forward pass on the batch's device, as
+    in mixed-precision training; the losses of the ratio are float32 either way.
     """
     loss_fn = loss_fn or _default_loss_fn()
     params = encoder_params(net)
+    autocast = torch.autocast(device_type=batch["rgb"].device.type, dtype=torch.bfloat16, enabled=bf16)
     with preserved_state(net), torch.enable_grad():
-        with autocast():
+        with autocast:
             rep = net.encode(batch["rgb"])
             out = net.decode(rep)
             losses = loss_fn(out, batch, net.tasks)
         grads = task_encoder_gradients(rep, losses, net.tasks, params)
         del out, rep
-        return lookahead_from_gradients(net, batch, {c: v.detach() for c, v in losses.items()}, grads,
-                                        lr=lr, weight_decay=weight_decay, mode=mode, loss_fn=loss_fn,
-                                        autocast=autocast)
+        base = None if bf16 else {c: v.detach() for c, v in losses.items()}
+        return lookahead_from_gradients(net, batch, base, grads, lr=lr, weight_decay=weight_decay, mode=mode,
+                                        loss_fn=loss_fn)
 
 
 def affinity_to_json(tasks: str, matrix: np.ndarray | None) -> dict[str, object] | None:

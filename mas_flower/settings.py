@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mas_flower.tasks import parse_tasks
+from mas_flower.training import PRECISIONS
 
 #: Methods that take a number of groups x (`splits`).
 SPLIT_METHODS = ("mas", "hoa", "tag")
@@ -54,6 +55,7 @@ class Settings:
     node_timeout: float
     energy_country: str
     energy_intensity: float
+    precision: str
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> Settings:
@@ -102,6 +104,8 @@ class Settings:
         if self.method == "mas" and not 1 <= self.affinity_rounds <= self.merge_rounds:
             problems.append(f"affinity-rounds={self.affinity_rounds} must be between 1 and "
                             f"merge-rounds={self.merge_rounds}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         if self.affinity_mode not in ("exact", "first_order"):
             problems.append(f"affinity-mode={self.affinity_mode!r} must be 'exact' or 'first_order'")
         if self.min_replies < 1 or self.min_replies > self.clients_per_round:

@@ -66,13 +66,15 @@ class Task:
         """
         if self.is_classification:
             return raw[:, 0].long()
+        if raw.dtype == torch.uint16:  # few kernels take uint16 (CUDA none): widen exactly via int16 bits
+            raw = raw.view(torch.int16).int() & 0xFFFF
         x = raw.float()
         if self.keep == "mean":
             x = x.mean(dim=1, keepdim=True)
         elif self.keep != "all":
             x = x[:, [int(c) for c in self.keep]]
-        offset = torch.tensor(self.offset, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        offset = torch.tensor(self.offset, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return (x / self.scale - offset) / std
 
     def encode(self, target: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,9 @@ RNG, so the same seed gives the same weights on CPU and measuring affinity chang
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -31,15 +30,18 @@ from mas_flower.affinity import (
 )
 from mas_flower.weighting import Weighting, get_weighting, list_weightings
 
+#: Values of `TrainConfig.precision` (the run-config key `precision`).
+PRECISIONS = ("auto", "fp32", "bf16")
+
 
 class SplitData(Protocol):
     """What training needs from a data split (`mas_flower.data`'s SplitData has it)."""
 
     def __len__(self) -> int: ...
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                generator: torch.Generator | None = None, drop_last: bool = False
-                ) -> Iterator[dict[str, Tensor]]: ...
+    def device_batches(self, device: torch.device | str, batch_size: int, *, shuffle: bool = False,
+                       augment: bool = False, generator: torch.Generator | None = None, drop_last: bool = False
+                       ) -> Iterator[dict[str, Tensor]]: ...
 
 
 @dataclass
@@ -61,8 +63,9 @@ class TrainConfig:
     affinity_first_epoch_only: bool = False
     seed: int = 0
     augment: bool = True
-    #: bf16 autocast on CUDA devices that support it (ignored on CPU).
-    amp: bool = True
+    #: "auto" (bf16 autocast on CUDA devices that support it, else float32), "fp32" or "bf16"
+    #: (autocast on any device, the CPU included); see `resolve_precision`.
+    precision: str = "auto"
     #: CPU threads while training (None: leave torch's setting alone). Set it when several clients
     #: share one machine, so that together they do not oversubscribe the cores.
     num_threads: int | None = None
@@ -81,6 +84,8 @@ class TrainConfig:
             problems.append(f"affinity_every={self.affinity_every} must be >= 0 (0 = off)")
         if self.affinity_mode not in AFFINITY_MODES:
             problems.append(f"affinity_mode={self.affinity_mode!r} must be one of {AFFINITY_MODES}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         if self.num_threads is not None and self.num_threads < 1:
             problems.append(f"num_threads={self.num_threads} must be at least 1")
         if problems:
@@ -102,6 +107,8 @@ class TrainResult:
     steps: int = 0
     #: Task weights at the end (all 1 for equal weighting).
     task_weights: dict[str, float] = field(default_factory=dict)
+    #: The precision the training ran in: "bf16" or "fp32" (`resolve_precision`).
+    precision: str = "fp32"
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
@@ -116,22 +123,27 @@ def pick_device(prefer: str = "auto") -> torch.device:
     return device
 
 
-def _autocast(device: torch.device, amp: bool) -> Callable[[], AbstractContextManager]:
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """The precision a run-config `precision` means on `device`: "bf16" or "fp32".
+
+    "auto" is bf16 on CUDA devices that support it and fp32 elsewhere; "bf16" autocasts on any device
+    (CPU autocast included, so the mixed-precision path runs in CI). Raises ValueError for an unknown
+    value or bf16 on a CUDA device without bf16 support.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {', '.join(PRECISIONS)}")
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if cuda_bf16 else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not cuda_bf16:
+        raise ValueError(f"precision='bf16' but {torch.cuda.get_device_name(device)} has no bf16 support")
+    return precision
 
 
-def _to_device(batch: Mapping[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    """Pinned, non-blocking copies on CUDA (images channels-last); the batch itself on CPU."""
-    if device.type != "cuda":
-        return {k: v.to(device) for k, v in batch.items()}
-    out = {}
-    for k, v in batch.items():
-        v = v if v.is_pinned() else v.pin_memory()
-        v = v.to(device, non_blocking=True)
-        out[k] = v.contiguous(memory_format=torch.channels_last) if k == "rgb" else v
-    return out
+def _autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """bf16 autocast for a resolved "bf16"; a no-op context for "fp32"."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @contextmanager
@@ -154,7 +166,9 @@ def _prepare(net: nn.Module, device: torch.device) -> tuple[torch.device, bool]:
     was_training = net.training
     if device.type == "cuda":
         net.to(device, memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # fixed image size: let cuDNN pick the fastest kernels
+        # Process-wide (every network of this process benefits): fixed image size, let cuDNN pick the
+        # fastest kernels.
+        torch.backends.cudnn.benchmark = True
     else:
         net.to(device)
     return origin, was_training
@@ -205,18 +219,19 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
     generator = torch.Generator().manual_seed(cfg.seed)
-    autocast = _autocast(device, cfg.amp)
+    precision = resolve_precision(cfg.precision, device)
+    # Under bf16 the exact lookahead re-evaluates L_j(θ_s) in float32 (mas_flower.affinity).
+    fp32_base = precision == "fp32" or cfg.affinity_mode == "first_order"
     accumulator = AffinityAccumulator(tasks)
     loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     seen = steps = 0
     affinity_seconds = 0.0
     with _threads(cfg.num_threads):
         for epoch in range(cfg.epochs):
-            for batch in data.batches(cfg.batch_size, shuffle=True, augment=cfg.augment, generator=generator,
-                                      drop_last=False):
-                batch = _to_device(batch, device)
+            for batch in data.device_batches(device, cfg.batch_size, shuffle=True, augment=cfg.augment,
+                                             generator=generator, drop_last=False):
                 measure = is_lookahead_batch(steps, epoch, cfg.affinity_every, cfg.affinity_first_epoch_only)
-                with autocast():
+                with _autocast(device, precision):
                     rep = net.encode(batch["rgb"])
                     losses = loss_fn(net.decode(rep), batch, tasks)
                 if measure:
@@ -229,10 +244,10 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
                     _add_prox_gradient(params, anchor, cfg.prox_mu)
                 if measure:
                     t0 = time.perf_counter()
+                    base = {c: v.detach() for c, v in losses.items()} if fp32_base else None
                     accumulator.add(lookahead_from_gradients(
-                        net, batch, {c: v.detach() for c, v in losses.items()}, grads, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, mode=cfg.affinity_mode, loss_fn=loss_fn,
-                        autocast=autocast))
+                        net, batch, base, grads, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                        mode=cfg.affinity_mode, loss_fn=loss_fn))
                     del grads
                     affinity_seconds += time.perf_counter() - t0
                 optimizer.step()
@@ -246,7 +261,7 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
     return TrainResult(
         losses=mean_losses, num_examples=num_examples, seconds=time.perf_counter() - start,
         affinity=accumulator.mean(), affinity_count=accumulator.count, affinity_seconds=affinity_seconds,
-        steps=steps, task_weights=weighting.weights,
+        steps=steps, task_weights=weighting.weights, precision=precision,
     )
 
 
@@ -260,10 +275,11 @@ def _add_prox_gradient(params: list[Tensor], anchor: list[Tensor], mu: float) ->
 
 @torch.no_grad()
 def evaluate(net: nn.Module, data: SplitData, batch_size: int = 64, device: torch.device | str = "cpu", *,
-             loss_fn: LossFn | None = None, amp: bool = True) -> tuple[dict[str, float], int]:
+             loss_fn: LossFn | None = None, precision: str = "auto") -> tuple[dict[str, float], int]:
     """Example-weighted mean per-task loss over `data` in eval mode (running BN statistics), and the count.
 
-    Each batch's loss (the training definition, `mas_flower.losses`) is weighted by its size.
+    Each batch's loss (the training definition, `mas_flower.losses`) is weighted by its size;
+    `precision` as in `TrainConfig` (losses are float32 either way).
     """
     n = len(data)
     if n == 0:
@@ -273,12 +289,11 @@ def evaluate(net: nn.Module, data: SplitData, batch_size: int = 64, device: torc
     tasks: str = net.tasks
     origin, was_training = _prepare(net, device)
     net.eval()
-    autocast = _autocast(device, amp)
+    precision = resolve_precision(precision, device)
     sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     seen = 0
-    for batch in data.batches(batch_size, shuffle=False, augment=False):
-        batch = _to_device(batch, device)
-        with autocast():
+    for batch in data.device_batches(device, batch_size, shuffle=False, augment=False):
+        with _autocast(device, precision):
             losses = loss_fn(net(batch["rgb"]), batch, tasks)
         size = batch["rgb"].shape[0]
         sums += torch.stack([losses[c].double() for c in tasks]) * size

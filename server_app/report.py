@@ -60,6 +60,8 @@ def write_outputs(settings: Settings, runner: FederatedRunner, outcome: StageOut
         "total_test_loss": sum(test_loss.values()),
         "client_train_seconds": ledger.client_train_seconds,
         "wall_seconds": ledger.wall_seconds,
+        "precision": settings.precision,
+        "precision_used": sorted(ledger.precisions),
         **energy_summary(ledger, len(runner.remote)),
         "affinity": affinity,
         "served_by": method.serving(outcome),

@@ -49,6 +49,8 @@ class Ledger:
     remote_estimated: bool = False
     #: Energy reports of the server's own meter, one per session of the run (a resume starts one).
     local_energy: list[dict[str, Any]] = field(default_factory=list)
+    #: Precisions the clients trained in ("bf16", "fp32"), as they reported them.
+    precisions: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -153,7 +155,7 @@ class FederatedRunner:
             "affinity-mode": s.affinity_mode, "affinity-first-epoch-only": s.affinity_first_epoch_only,
             "seed": stable_seed(s.seed, "train", fed.name, rnd, self.nodes[node]),
             "measure-energy": node in self.remote, "energy-country": s.energy_country,
-            "energy-intensity": s.energy_intensity,
+            "energy-intensity": s.energy_intensity, "precision": s.precision,
         })
 
     def train_round(self, stage: Stage, rnd: int, states: dict[str, State]) -> dict[str, Any]:
@@ -206,6 +208,7 @@ class FederatedRunner:
                 self.ledger.remote_energy_kwh += float(reply.get(P.ENERGY_KWH, 0.0))
                 self.ledger.remote_co2_g += float(reply.get(P.CO2_G, 0.0))
                 self.ledger.remote_estimated |= bool(reply.get(P.ENERGY_ESTIMATED, 0))
+                self.ledger.precisions.add("bf16" if int(reply.get(P.BF16, 0)) else "fp32")
             entry: dict[str, Any] = {"train_loss": _losses(metrics, fed.tasks)}
             matrix = _affinity(ok, len(fed.tasks))
             if matrix is not None:
@@ -218,7 +221,8 @@ class FederatedRunner:
         tagged = []
         for fed in stage.federations:
             config = ConfigRecord({**self.data_config(), "tasks": fed.tasks, "split": split,
-                                   "batch-size": self.settings.eval_batch_size})
+                                   "batch-size": self.settings.eval_batch_size,
+                                   "precision": self.settings.precision})
             arrays = ArrayRecord(states[fed.name])
             for nid in self.nodes:
                 tagged.append(((fed.name, nid), Message(content=RecordDict({P.ARRAYS: arrays, P.CONFIG: config}),

@@ -1,7 +1,8 @@
 """The public loader: one building's views, split by point, served as decoded training batches.
 
 Samples are decoded from PNG once (see prepare.py and cache.py); a batch only gathers rows of the
-cached raw arrays and applies the affine decode of tasks.py, which is cheap enough for CPU training.
+cached raw arrays and applies the affine decode of tasks.py, on the host or on the training device
+(batching.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mas_flower.data.prepare import MASK, index_building, load_arrays
+from mas_flower.data.batching import RawBatch, decode_batch, device_batches
+from mas_flower.data.prepare import index_building, load_arrays
 from mas_flower.data.split import SPLIT_NAMES, check_fractions, split_points
-from mas_flower.tasks import RGB_DOMAIN, Task, needs_mask, parse_tasks
+from mas_flower.tasks import Task, needs_mask, parse_tasks
 
 
 def open_building(root: Path, building: str, tasks: str, image_size: int, *,
@@ -81,38 +83,33 @@ class SplitData:
     def batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
                 generator: torch.Generator | None = None, drop_last: bool = False
                 ) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches in order (or shuffled by `generator`); `augment` flips each sample left-right with p=1/2."""
+        """Decoded batches on the host (see `decode_batch` for their tensors); arguments as `raw_batches`."""
+        tasks, with_mask = self._data._task_list, needs_mask(self._data.tasks)
+        for raw in self.raw_batches(batch_size, shuffle=shuffle, augment=augment, generator=generator,
+                                    drop_last=drop_last):
+            yield decode_batch(raw, tasks, with_mask)
+
+    def device_batches(self, device: torch.device | str, batch_size: int, *, shuffle: bool = False,
+                       augment: bool = False, generator: torch.Generator | None = None, drop_last: bool = False
+                       ) -> Iterator[dict[str, torch.Tensor]]:
+        """The same batches as `batches`, decoded on `device` (copied raw, one batch ahead on CUDA)."""
+        raws = self.raw_batches(batch_size, shuffle=shuffle, augment=augment, generator=generator,
+                                drop_last=drop_last)
+        return device_batches(raws, device, self._data._task_list, needs_mask(self._data.tasks))
+
+    def raw_batches(self, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                    generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[RawBatch]:
+        """Stored rows in order (or shuffled by `generator`); `augment` marks each sample for a
+        left-right flip with p=1/2, drawn from `generator` after the shuffle, one draw per batch."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         n = len(self.rows)
         order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+        arrays = self._data._arrays
         for start in range(0, n, batch_size):
             chosen = self.rows[order[start : start + batch_size]]
             if drop_last and len(chosen) < batch_size:
                 return
-            batch = self._batch(chosen)
-            if augment:
-                _flip(batch, torch.rand(len(chosen), generator=generator) < 0.5, self._data._task_list)
-            yield batch
-
-    def _batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """"rgb" float (B,3,S,S) in [0,1]; per task letter the decoded target; "mask" bool (B,1,S,S)."""
-        arrays = self._data._arrays
-        raw = {name: torch.from_numpy(np.ascontiguousarray(a[rows])) for name, a in arrays.items()}
-        batch = {"rgb": raw[RGB_DOMAIN].float().div_(255.0)}
-        for t in self._data._task_list:
-            batch[t.letter] = t.decode(raw[t.domain])
-        if needs_mask(self._data.tasks):
-            batch["mask"] = raw[MASK]
-        return batch
-
-
-def _flip(batch: dict[str, torch.Tensor], flip: torch.Tensor, tasks: list[Task]) -> None:
-    """Mirror the chosen samples of every tensor in place, negating channels that change sign (normal x)."""
-    if not bool(flip.any()):
-        return
-    for value in batch.values():
-        value[flip] = value[flip].flip(-1)
-    for t in tasks:
-        if t.flip_negates is not None:
-            batch[t.letter][flip, t.flip_negates] *= -1
+            raw = {name: torch.from_numpy(np.ascontiguousarray(a[chosen])) for name, a in arrays.items()}
+            flip = torch.rand(len(chosen), generator=generator) < 0.5 if augment else None
+            yield RawBatch(raw, flip)

@@ -1,7 +1,7 @@
 """An in-memory split of random images and targets for any task letters (tests and benchmarks).
 
-It speaks the loader's `batches(...)`/`__len__` protocol (shuffle and flip from the given generator),
-so training can be tested before, and independently of, the file loader.
+It speaks the loader's `batches(...)`/`device_batches(...)`/`__len__` protocol (shuffle and flip from
+the given generator), so training can be tested before, and independently of, the file loader.
 """
 
 from __future__ import annotations
@@ -46,4 +46,13 @@ class RandomSplit:
                     task = TASKS.get(k)
                     if task is not None and task.flip_negates is not None:
                         v[flip, task.flip_negates] *= -1
+            yield batch
+
+    def device_batches(self, device: torch.device | str, batch_size: int, **kw) -> Iterator[dict[str, Tensor]]:
+        """`batches` copied to `device` (images channels-last on CUDA, like the loader's)."""
+        device = torch.device(device)
+        for batch in self.batches(batch_size, **kw):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if device.type == "cuda":
+                batch["rgb"] = batch["rgb"].contiguous(memory_format=torch.channels_last)
             yield batch
