@@ -16,13 +16,17 @@ Conventions (the choices the formula leaves open):
   (running mean/var, num_batches_tracked) is restored bit for bit afterwards, as are the encoder
   weights and the global RNG state, so measuring never changes the training trajectory.
 - L_j(θ_s) is taken from the real training step's forward pass (no extra forward) in float32
-  training. Under bf16 autocast the exact mode evaluates L_j(θ_s) and every L_j(θ_s|i) in float32,
-  because bf16 rounding of a mean loss (~5e-5 relative) is as large as the effect Z measures; the
-  gradients g_i may stay bf16. A task whose L_j(θ_s) is 0 gets Z[:, j] = 0 (nothing to improve).
+  training. The lookahead is always float32: Z is a relative loss change of about η·|Z| ≈ 5e-5 per
+  step, the size of bf16 rounding in a mean loss, so bf16 losses turn it into noise (audit-2026-11);
+  bf16 gradients are not enough either (tiny network at 32 px, at initialisation: median |ΔZ| 27-77 %
+  of median |Z|, 83-92 % of signs kept). Under bf16 training the trainer therefore measures a
+  lookahead batch with `batch_affinity` (its own float32 forward, gradients and losses) before the
+  bf16 training step. A task whose L_j(θ_s) is 0 gets Z[:, j] = 0 (nothing to improve).
 
 Cost per lookahead batch (exact): n backward passes through one decoder each (∂L_i/∂rep) and n
 vector-Jacobian products through the encoder for the per-task gradients, all on the training step's
-own forward graph, then n no-grad forward passes of the whole network (n + 1 under bf16, all float32).
+own forward graph, then n no-grad forward passes of the whole network; under bf16 training one more
+float32 forward pass with its graph (the training step's bf16 graph cannot be reused).
 
 First-order mode (`mode="first_order"`): a first-order Taylor expansion of L_j around θ_s gives
     L_j(θ_s − η d_i) = L_j(θ_s) − η ⟨∇L_j, d_i⟩ + O(η²),  d_i = g_i + λ θ_s,
@@ -159,13 +163,11 @@ def lookahead_from_gradients(net: nn.Module, batch: Mapping[str, Tensor], base_l
     """The n × n affinity of one batch from the per-task encoder gradients (`task_encoder_gradients`).
 
     `base_losses` are L_j(θ_s) from the same float32 forward pass the gradients came from, or None
-    to evaluate them here. Under bf16 autocast pass None: Z is a relative loss change of about
-    η·|Z| ≈ 5e-5 per step, the size of bf16 rounding in a mean loss, so both the before- and the
-    after-losses of the ratio must come from float32 forward passes (the gradients, which only set
-    the step's direction, may stay bf16; audit-2026-11, "Defect found in ours").
-    Exact mode steps the encoder in place and runs its forward passes in float32 in `net`'s current
-    mode; it must run after the training step's backward (which needs the unmodified weights) and
-    before its optimiser step. Weights, buffers and RNG state are restored exactly.
+    to evaluate them here in float32 (when the gradients came from a bf16 pass; see the module
+    docstring for why the losses of the ratio must be float32). Exact mode steps the encoder in place
+    and runs its forward passes in float32 in `net`'s current mode; it must run after the training
+    step's backward (which needs the unmodified weights) and before its optimiser step. Weights,
+    buffers and RNG state are restored exactly.
     """
     if mode not in AFFINITY_MODES:
         raise ValueError(f"affinity mode {mode!r} must be one of {AFFINITY_MODES}")
@@ -221,16 +223,18 @@ def _first_order(params: Sequence[Tensor], grads: Sequence[Sequence[Tensor | Non
 
 
 def batch_affinity(net: nn.Module, batch: Mapping[str, Tensor], *, lr: float, weight_decay: float,
-                   mode: str = "exact", loss_fn: LossFn | None = None, bf16: bool = False) -> np.ndarray:
+                   mode: str = "exact", loss_fn: LossFn | None = None, bf16_gradients: bool = False
+                   ) -> np.ndarray:
     """The affinity of one batch on its own (its own forward pass); `net` is left exactly as it was.
 
-    Runs in `net`'s current mode (use training mode to match what clients measure during training).
-    `bf16`: the per-task gradients come from a bf16-autocast forward pass on the batch's device, as
-    in mixed-precision training; the losses of the ratio are float32 either way.
+    Runs in `net`'s current mode (use training mode to match what clients measure during training),
+    in float32 even inside an autocast region. `bf16_gradients` takes the per-task gradients from a
+    bf16-autocast forward pass instead (the losses of the ratio stay float32): a cheaper variant
+    that benchmarks compare with; training never uses it.
     """
     loss_fn = loss_fn or _default_loss_fn()
     params = encoder_params(net)
-    autocast = torch.autocast(device_type=batch["rgb"].device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.autocast(device_type=batch["rgb"].device.type, dtype=torch.bfloat16, enabled=bf16_gradients)
     with preserved_state(net), torch.enable_grad():
         with autocast:
             rep = net.encode(batch["rgb"])
@@ -238,7 +242,7 @@ def batch_affinity(net: nn.Module, batch: Mapping[str, Tensor], *, lr: float, we
             losses = loss_fn(out, batch, net.tasks)
         grads = task_encoder_gradients(rep, losses, net.tasks, params)
         del out, rep
-        base = None if bf16 else {c: v.detach() for c, v in losses.items()}
+        base = None if bf16_gradients else {c: v.detach() for c, v in losses.items()}
         return lookahead_from_gradients(net, batch, base, grads, lr=lr, weight_decay=weight_decay, mode=mode,
                                         loss_fn=loss_fn)
 

@@ -23,6 +23,7 @@ from mas_flower.affinity import (
     AFFINITY_MODES,
     AffinityAccumulator,
     LossFn,
+    batch_affinity,
     encoder_params,
     is_lookahead_batch,
     lookahead_from_gradients,
@@ -220,8 +221,8 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
     generator = torch.Generator().manual_seed(cfg.seed)
     precision = resolve_precision(cfg.precision, device)
-    # Under bf16 the exact lookahead re-evaluates L_j(θ_s) in float32 (mas_flower.affinity).
-    fp32_base = precision == "fp32" or cfg.affinity_mode == "first_order"
+    # The lookahead is float32 (mas_flower.affinity): under bf16 it cannot share the step's graph.
+    shared_graph = precision == "fp32"
     accumulator = AffinityAccumulator(tasks)
     loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     seen = steps = 0
@@ -231,6 +232,12 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
             for batch in data.device_batches(device, cfg.batch_size, shuffle=True, augment=cfg.augment,
                                              generator=generator, drop_last=False):
                 measure = is_lookahead_batch(steps, epoch, cfg.affinity_every, cfg.affinity_first_epoch_only)
+                if measure and not shared_graph:  # its own float32 passes, before the bf16 step
+                    t0 = time.perf_counter()
+                    accumulator.add(batch_affinity(net, batch, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                   mode=cfg.affinity_mode, loss_fn=loss_fn))
+                    affinity_seconds += time.perf_counter() - t0
+                    measure = False
                 with _autocast(device, precision):
                     rep = net.encode(batch["rgb"])
                     losses = loss_fn(net.decode(rep), batch, tasks)
@@ -244,10 +251,9 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
                     _add_prox_gradient(params, anchor, cfg.prox_mu)
                 if measure:
                     t0 = time.perf_counter()
-                    base = {c: v.detach() for c, v in losses.items()} if fp32_base else None
                     accumulator.add(lookahead_from_gradients(
-                        net, batch, base, grads, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                        mode=cfg.affinity_mode, loss_fn=loss_fn))
+                        net, batch, {c: v.detach() for c, v in losses.items()}, grads, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay, mode=cfg.affinity_mode, loss_fn=loss_fn))
                     del grads
                     affinity_seconds += time.perf_counter() - t0
                 optimizer.step()
