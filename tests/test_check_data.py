@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import mas_flower
 from mas_flower.data.check import check_dataset
 from tests.taskonomy_pngs import ALL, grid, make_dataset, view_path, write_png
 
-CLI = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "mas-flower"
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`mas-flower ARGS` with this interpreter and the mas_flower package this test imported, whatever
+    the environment (no console script or checkout-local .venv needed)."""
+    package_parent = str(Path(mas_flower.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", "mas_flower.cli", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": path})
 
 
 @pytest.fixture
 def good(tmp_path) -> Path:
     domains = tuple(d for d in ALL if d != "mask_valid")
-    root = make_dataset(tmp_path / "ds", {"b1": grid(3, 2), "b2": grid(2, 2)}, domains, size=8,
+    root = make_dataset(tmp_path / "ds", {"b1": grid(3, 2), "b2": grid(3, 2)}, domains, size=8,
                         folders={"segment_semantic": "segmentsemantic"})
     (root / "depth_euclidean" / "b1").mkdir(parents=True)  # an extra domain it does not know
     return root
@@ -27,11 +37,11 @@ def test_good_dataset_passes_with_summary(good):
     report = check_dataset(good)
     text = report.format()
     assert report.ok, text
-    assert report.files_checked == 10 * 9
+    assert report.files_checked == 12 * 9
     assert "extra folders (not checked): depth_euclidean" in text
     assert "segment_semantic (folder segmentsemantic)" in text
     b1 = next(line for line in text.splitlines() if line.startswith("b1"))
-    assert b1.split()[:3] == ["b1", "6", "9"]
+    assert b1.split()[:6] == ["b1", "6", "2", "2", "2", "9"]  # views, train/val/test views, domains
     # valid fraction from depth: random_raw sets ~10% to 65535 and some raw values >= 8192
     valid = [b.valid_fraction for b in report.buildings]
     assert all(v is not None and 0.5 < v < 1 for v in valid)
@@ -69,7 +79,7 @@ def test_tasks_limit_what_is_checked(good):
 
 
 def test_masked_tasks_need_a_mask_source(tmp_path):
-    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "normal"), size=4)
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "normal"), size=4)
     report = check_dataset(root, "n")
     assert not report.ok and "depth_zbuffer" in report.format()
     assert check_dataset(root, "a").ok
@@ -78,7 +88,7 @@ def test_masked_tasks_need_a_mask_source(tmp_path):
 def test_mask_valid_gives_the_valid_fraction(tmp_path):
     root = make_dataset(tmp_path / "ds", {"b": grid(1, 1)}, ("rgb", "depth_zbuffer"), size=4)
     write_png(view_path(root, "mask_valid", "b", 0, 0), np.array([[255] * 4] * 3 + [[0] * 4]), 8)
-    report = check_dataset(root)
+    report = check_dataset(root, fractions=(1.0, 0.0, 0.0))
     assert report.ok and report.buildings[0].valid_fraction == pytest.approx(0.75)
 
 
@@ -98,11 +108,10 @@ def test_missing_root_and_missing_building_folder(tmp_path, good):
 
 
 def test_cli_exit_codes_and_output(good):
-    ok = subprocess.run([str(CLI), "check-data", str(good)], capture_output=True, text=True, timeout=120)
+    ok = run_cli("check-data", str(good))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "b1" in ok.stdout and "OK" in ok.stdout
     bad = view_path(good, "keypoints2d", "b2", 1, 1)
     bad.write_bytes(b"junk")
-    fail = subprocess.run([str(CLI), "check-data", str(good), "--tasks", "dk"], capture_output=True, text=True,
-                          timeout=120)
+    fail = run_cli("check-data", str(good), "--tasks", "dk")
     assert fail.returncode == 1 and str(bad) in fail.stdout

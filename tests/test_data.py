@@ -99,7 +99,7 @@ def test_mask_needs_depth_even_when_d_not_requested(tmp_path):
     os.rename(root / "depth_zbuffer", tmp_path / "gone")
     with pytest.raises(DataError, match=r"mask_valid/b.*depth_zbuffer/b"):
         open_building(root, "b", "n", 4)
-    open_building(root, "b", "kta", 4)  # unmasked tasks do not need a mask source
+    open_building(root, "b", "kta", 4, fractions=(1.0, 0.0, 0.0))  # unmasked tasks need no mask source
 
 
 def test_segmentsemantic_alias(tmp_path):
@@ -350,7 +350,7 @@ def test_error_rgb_without_label_names_expected_path(tmp_path):
 
 @pytest.mark.parametrize("content", [b"not a png at all", "truncated", "corrupt"])
 def test_error_undecodable_file_is_named(tmp_path, content):
-    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "keypoints2d"), size=16)
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "keypoints2d"), size=16)
     bad = view_path(root, "keypoints2d", "b", 1, 0)
     good = bad.read_bytes()
     if content == "truncated":
@@ -365,7 +365,7 @@ def test_error_undecodable_file_is_named(tmp_path, content):
 
 
 def test_error_wrong_bit_depth_and_channels_say_expected_and_found(tmp_path):
-    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "depth_zbuffer", "normal"), size=4)
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "depth_zbuffer", "normal"), size=4)
     write_png(view_path(root, "depth_zbuffer", "b", 1, 0), np.full((4, 4), 200), 8)
     with pytest.raises(DataError, match=r"point_1_view_0_domain_depth_zbuffer\.png: .*16-bit.*found 8-bit grey"):
         open_building(root, "b", "d", 4)
@@ -376,7 +376,7 @@ def test_error_wrong_bit_depth_and_channels_say_expected_and_found(tmp_path):
 
 
 def test_error_size_mismatch_names_label(tmp_path):
-    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "keypoints2d"), size=8)
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "keypoints2d"), size=8)
     write_png(view_path(root, "keypoints2d", "b", 0, 1 - 1), np.full((6, 8), 10), 16)
     with pytest.raises(DataError, match=r"domain_keypoints2d\.png: size 8x6 differs from its rgb image's 8x8"):
         open_building(root, "b", "k", 4)
