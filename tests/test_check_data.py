@@ -12,7 +12,7 @@ import pytest
 
 import mas_flower
 from mas_flower.data.check import check_dataset
-from tests.taskonomy_pngs import ALL, grid, make_dataset, view_path, write_png
+from tests.taskonomy_pngs import ALL, depth_ramp, grid, make_dataset, view_path, write_png
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -115,3 +115,59 @@ def test_cli_exit_codes_and_output(good):
     bad.write_bytes(b"junk")
     fail = run_cli("check-data", str(good), "--tasks", "dk")
     assert fail.returncode == 1 and str(bad) in fail.stdout
+
+
+def test_flipped_bit_and_bad_class_ids_are_named(good):
+    """Files whose header is perfect: one bit flipped inside IDAT (decodes to other values), one with
+    class id 255 in segmentation (CUDA would stop on a device-side assert)."""
+    flipped = write_png(view_path(good, "depth_zbuffer", "b1", 1, 0), depth_ramp(8), 16)
+    data = bytearray(flipped.read_bytes())
+    data[len(data) - 12 - 4 - 6] ^= 0x10  # a byte of the deflate stream, before Adler-32 and the CRC
+    flipped.write_bytes(bytes(data))
+    seg = np.zeros((8, 8))
+    seg[2, 5] = 255
+    bad_ids = write_png(view_path(good, "segment_semantic", "b2", 2, 1, "segmentsemantic"), seg, 8)
+    report = check_dataset(good)
+    text = report.format()
+    assert len(report.problems) == 2, text
+    assert f"{flipped}: corrupt PNG, fails its checksum test" in text
+    assert f"{bad_ids}: segment_semantic value 255 outside 0-17" in text
+    assert check_dataset(good, decode=False).ok  # the header-only mode cannot see either
+
+
+def test_split_sizes_are_printed_and_too_few_points_named(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"big": grid(10, 2), "small": grid(2, 3)}, ("rgb", "keypoints2d"), size=4)
+    report = check_dataset(root)
+    text = report.format()
+    assert "building   views   train     val    test" in text
+    assert next(line for line in text.splitlines() if line.startswith("big")).split()[:5] == ["big", "20", "16",
+                                                                                              "2", "2"]
+    assert next(line for line in text.splitlines() if line.startswith("small")).split()[:5] == ["small", "6", "6",
+                                                                                                "0", "0"]
+    assert report.problems == [f"{root / 'rgb' / 'small'}: building 'small' has 2 camera points, too few for the "
+                               "(train, val, test) fractions (0.8, 0.1, 0.1): its val and test splits would be "
+                               "empty (whole points go to one split, so it needs at least 3 points)"]
+    assert check_dataset(root, fractions=(1.0, 0.0, 0.0)).ok
+
+
+def test_omnidata_layout(tmp_path):
+    """`omnitools.download ... --components taskonomy` writes ROOT/<domain>/taskonomy/<building>/."""
+    domains = tuple(d for d in ALL if d != "mask_valid")
+    root = make_dataset(tmp_path / "omni", {"allensville": grid(3, 2), "hanson": grid(3, 1)}, domains, size=8,
+                        component="taskonomy")
+    report = check_dataset(root)
+    text = report.format()
+    assert report.ok, text
+    assert "layout: Omnidata layout ROOT/<domain>/<component>/<building>/, components taskonomy" in text
+    assert [b.building for b in report.buildings] == ["allensville", "hanson"]
+    assert report.files_checked == 9 * 9
+    # a second component: every building is named <component>/<building>
+    make_dataset(root, {"frl_apartment_0": grid(3, 1)}, domains, size=8, seed=1, component="replica")
+    view_path(root, "normal", "hanson", 2, 0, component="taskonomy").unlink()
+    report = check_dataset(root)
+    text = report.format()
+    assert [b.building for b in report.buildings] == ["replica/frl_apartment_0", "taskonomy/allensville",
+                                                      "taskonomy/hanson"]
+    assert report.problems == [f"{root}/normal/taskonomy/hanson/point_2_view_0_domain_normal.png: missing (label of "
+                               f"{root}/rgb/taskonomy/hanson/point_2_view_0_domain_rgb.png)"], text
+
