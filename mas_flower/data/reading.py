@@ -1,8 +1,10 @@
-"""Reading PNGs exactly as stored (8-bit stays uint8, 16-bit stays uint16), with format checks.
+"""Reading PNGs exactly as stored (8-bit stays uint8, 16-bit stays uint16), with format and integrity checks.
 
 Headers are parsed straight from the IHDR chunk (33 bytes) rather than through PIL, because PIL
 reports a 16-bit RGB PNG as 8-bit "RGB" and so cannot tell a wrong bit depth; this lets the loader
-and check-data validate every file before any decoding work starts.
+and check-data validate every file before any decoding work starts. Integrity is proved by every
+chunk's CRC-32 (PIL's `verify()`), about 0.1 ms per 512x512 file, rather than by a second inflate
+checking zlib's Adler-32, which costs about 1 ms (benchmarks/bench_check_data.py).
 """
 
 from __future__ import annotations
