@@ -532,7 +532,8 @@ def test_omnidata_components_name_buildings_unambiguously(tmp_path):
     assert a.split("test").keys == b.split("test").keys  # the split follows the building's folder name
     with pytest.raises(DataError, match=r"unknown building 'hanson' \(did you mean 'taskonomy/hanson'\?\)"):
         open_building(root, "hanson", "k", 4)
-    with pytest.raises(DataError, match=r"unknown building 'allensville'"):
+    with pytest.raises(DataError, match=r"unknown building 'allensville' \(did you mean 'replica/allensville' or "
+                                        r"'taskonomy/allensville'\?\)"):
         open_building(root, "allensville", "k", 4)
 
 

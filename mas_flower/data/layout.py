@@ -124,9 +124,9 @@ class Layout:
         if building in self.buildings:
             return self.buildings[building]
         names = list(self.buildings)
-        near = difflib.get_close_matches(building, names, n=1) or [
-            n for n in names if n.rsplit("/", 1)[-1] == building.rsplit("/", 1)[-1]][:1]
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        near = [n for n in names if n.rsplit("/", 1)[-1] == building.rsplit("/", 1)[-1]]
+        near = near or difflib.get_close_matches(building, names, n=1)
+        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
         shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
         raise DataError(f"unknown building {building!r}{hint}: no folder {self.root / RGB_DOMAIN / building} "
                         f"({self.describe()}; buildings: {shown or 'none'})")
