@@ -29,9 +29,12 @@ def write_png(path: Path, raw: np.ndarray, bits: int) -> Path:
     return path
 
 
-def view_path(root: Path, domain: str, building: str, point: int, view: int, folder: str | None = None) -> Path:
+def view_path(root: Path, domain: str, building: str, point: int, view: int, folder: str | None = None,
+              component: str | None = None) -> Path:
+    """Taskonomy's ROOT/<folder>/<building>/..., or Omnidata's ROOT/<folder>/<component>/<building>/..."""
     folder = folder or domain
-    return root / folder / building / f"point_{point}_view_{view}_domain_{folder}.png"
+    base = root / folder / component if component else root / folder
+    return base / building / f"point_{point}_view_{view}_domain_{folder}.png"
 
 
 def random_raw(domain: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -49,16 +52,28 @@ def random_raw(domain: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_dataset(root: Path, views: dict[str, list[tuple[int, int]]], domains: tuple[str, ...] = ALL,
-                 size: int = 8, seed: int = 0, folders: dict[str, str] | None = None) -> Path:
-    """Random-content views: {building: [(point, view), ...]} for each domain (`folders` renames one)."""
+                 size: int = 8, seed: int = 0, folders: dict[str, str] | None = None,
+                 component: str | None = None) -> Path:
+    """Random-content views: {building: [(point, view), ...]} for each domain (`folders` renames one).
+
+    With `component`, the tree is in Omnidata's layout ROOT/<domain>/<component>/<building>/; the same
+    seed gives the same file contents in either layout.
+    """
     rng = np.random.default_rng(seed)
     for building, keys in views.items():
         for p, v in keys:
             for domain in domains:
                 folder = (folders or {}).get(domain)
-                write_png(view_path(root, domain, building, p, v, folder), random_raw(domain, size, rng),
+                write_png(view_path(root, domain, building, p, v, folder, component), random_raw(domain, size, rng),
                           STORAGE[domain][0])
     return root
+
+
+def depth_ramp(size: int = 16, seed: int = 0) -> np.ndarray:
+    """A smooth 16-bit depth image (a tilted plane plus a little noise), compressed like real depth:
+    with deflate's Huffman codes rather than stored blocks, so a flipped bit can decode silently."""
+    y, x = np.mgrid[0:size, 0:size]
+    return 1500 + 40 * x + 25 * y + np.random.default_rng(seed).integers(0, 4, (size, size))
 
 
 def grid(points: int, views_per_point: int) -> list[tuple[int, int]]:

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import mas_flower
 from mas_flower.data.check import check_dataset
-from tests.taskonomy_pngs import ALL, grid, make_dataset, view_path, write_png
+from tests.taskonomy_pngs import ALL, depth_ramp, grid, make_dataset, view_path, write_png
 
-CLI = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "mas-flower"
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`mas-flower ARGS` with this interpreter and the mas_flower package this test imported, whatever
+    the environment (no console script or checkout-local .venv needed)."""
+    package_parent = str(Path(mas_flower.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", "mas_flower.cli", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": path})
 
 
 @pytest.fixture
 def good(tmp_path) -> Path:
     domains = tuple(d for d in ALL if d != "mask_valid")
-    root = make_dataset(tmp_path / "ds", {"b1": grid(3, 2), "b2": grid(2, 2)}, domains, size=8,
+    root = make_dataset(tmp_path / "ds", {"b1": grid(3, 2), "b2": grid(3, 2)}, domains, size=8,
                         folders={"segment_semantic": "segmentsemantic"})
     (root / "depth_euclidean" / "b1").mkdir(parents=True)  # an extra domain it does not know
     return root
@@ -27,11 +37,11 @@ def test_good_dataset_passes_with_summary(good):
     report = check_dataset(good)
     text = report.format()
     assert report.ok, text
-    assert report.files_checked == 10 * 9
+    assert report.files_checked == 12 * 9
     assert "extra folders (not checked): depth_euclidean" in text
     assert "segment_semantic (folder segmentsemantic)" in text
     b1 = next(line for line in text.splitlines() if line.startswith("b1"))
-    assert b1.split()[:3] == ["b1", "6", "9"]
+    assert b1.split()[:6] == ["b1", "6", "2", "2", "2", "9"]  # views, train/val/test views, domains
     # valid fraction from depth: random_raw sets ~10% to 65535 and some raw values >= 8192
     valid = [b.valid_fraction for b in report.buildings]
     assert all(v is not None and 0.5 < v < 1 for v in valid)
@@ -69,7 +79,7 @@ def test_tasks_limit_what_is_checked(good):
 
 
 def test_masked_tasks_need_a_mask_source(tmp_path):
-    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "normal"), size=4)
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "normal"), size=4)
     report = check_dataset(root, "n")
     assert not report.ok and "depth_zbuffer" in report.format()
     assert check_dataset(root, "a").ok
@@ -78,7 +88,7 @@ def test_masked_tasks_need_a_mask_source(tmp_path):
 def test_mask_valid_gives_the_valid_fraction(tmp_path):
     root = make_dataset(tmp_path / "ds", {"b": grid(1, 1)}, ("rgb", "depth_zbuffer"), size=4)
     write_png(view_path(root, "mask_valid", "b", 0, 0), np.array([[255] * 4] * 3 + [[0] * 4]), 8)
-    report = check_dataset(root)
+    report = check_dataset(root, fractions=(1.0, 0.0, 0.0))
     assert report.ok and report.buildings[0].valid_fraction == pytest.approx(0.75)
 
 
@@ -98,11 +108,66 @@ def test_missing_root_and_missing_building_folder(tmp_path, good):
 
 
 def test_cli_exit_codes_and_output(good):
-    ok = subprocess.run([str(CLI), "check-data", str(good)], capture_output=True, text=True, timeout=120)
+    ok = run_cli("check-data", str(good))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "b1" in ok.stdout and "OK" in ok.stdout
     bad = view_path(good, "keypoints2d", "b2", 1, 1)
     bad.write_bytes(b"junk")
-    fail = subprocess.run([str(CLI), "check-data", str(good), "--tasks", "dk"], capture_output=True, text=True,
-                          timeout=120)
+    fail = run_cli("check-data", str(good), "--tasks", "dk")
     assert fail.returncode == 1 and str(bad) in fail.stdout
+
+
+def test_flipped_bit_and_bad_class_ids_are_named(good):
+    """Files whose header is perfect: one bit flipped inside IDAT (decodes to other values), one with
+    class id 255 in segmentation (CUDA would stop on a device-side assert)."""
+    flipped = write_png(view_path(good, "depth_zbuffer", "b1", 1, 0), depth_ramp(8), 16)
+    data = bytearray(flipped.read_bytes())
+    data[len(data) - 12 - 4 - 6] ^= 0x10  # a byte of the deflate stream, before Adler-32 and the CRC
+    flipped.write_bytes(bytes(data))
+    seg = np.zeros((8, 8))
+    seg[2, 5] = 255
+    bad_ids = write_png(view_path(good, "segment_semantic", "b2", 2, 1, "segmentsemantic"), seg, 8)
+    report = check_dataset(good)
+    text = report.format()
+    assert len(report.problems) == 2, text
+    assert f"{flipped}: corrupt PNG, fails its checksum test" in text
+    assert f"{bad_ids}: segment_semantic value 255 outside 0-17" in text
+    assert check_dataset(good, decode=False).ok  # the header-only mode cannot see either
+
+
+def test_split_sizes_are_printed_and_too_few_points_named(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"big": grid(10, 2), "small": grid(2, 3)}, ("rgb", "keypoints2d"), size=4)
+    report = check_dataset(root)
+    text = report.format()
+    assert "building   views   train     val    test" in text
+    assert next(line for line in text.splitlines() if line.startswith("big")).split()[:5] == ["big", "20", "16",
+                                                                                              "2", "2"]
+    assert next(line for line in text.splitlines() if line.startswith("small")).split()[:5] == ["small", "6", "6",
+                                                                                                "0", "0"]
+    assert report.problems == [f"{root / 'rgb' / 'small'}: building 'small' has 2 camera points, too few for the "
+                               "(train, val, test) fractions (0.8, 0.1, 0.1): its val and test splits would be "
+                               "empty (whole points go to one split, so it needs at least 3 points)"]
+    assert check_dataset(root, fractions=(1.0, 0.0, 0.0)).ok
+
+
+def test_omnidata_layout(tmp_path):
+    """`omnitools.download ... --components taskonomy` writes ROOT/<domain>/taskonomy/<building>/."""
+    domains = tuple(d for d in ALL if d != "mask_valid")
+    root = make_dataset(tmp_path / "omni", {"allensville": grid(3, 2), "hanson": grid(3, 1)}, domains, size=8,
+                        component="taskonomy")
+    report = check_dataset(root)
+    text = report.format()
+    assert report.ok, text
+    assert "layout: Omnidata layout ROOT/<domain>/<component>/<building>/, components taskonomy" in text
+    assert [b.building for b in report.buildings] == ["allensville", "hanson"]
+    assert report.files_checked == 9 * 9
+    # a second component: every building is named <component>/<building>
+    make_dataset(root, {"frl_apartment_0": grid(3, 1)}, domains, size=8, seed=1, component="replica")
+    view_path(root, "normal", "hanson", 2, 0, component="taskonomy").unlink()
+    report = check_dataset(root)
+    text = report.format()
+    assert [b.building for b in report.buildings] == ["replica/frl_apartment_0", "taskonomy/allensville",
+                                                      "taskonomy/hanson"]
+    assert report.problems == [f"{root}/normal/taskonomy/hanson/point_2_view_0_domain_normal.png: missing (label of "
+                               f"{root}/rgb/taskonomy/hanson/point_2_view_0_domain_rgb.png)"], text
+

@@ -15,7 +15,7 @@ import torch
 import mas_flower.data.prepare as prepare
 from mas_flower.data import DataError, clear_memory_cache, list_buildings, open_building
 from mas_flower.data.split import split_counts, split_points
-from tests.taskonomy_pngs import ALL, grid, make_dataset, view_path, write_png
+from tests.taskonomy_pngs import ALL, depth_ramp, grid, make_dataset, view_path, write_png
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def test_mask_needs_depth_even_when_d_not_requested(tmp_path):
     os.rename(root / "depth_zbuffer", tmp_path / "gone")
     with pytest.raises(DataError, match=r"mask_valid/b.*depth_zbuffer/b"):
         open_building(root, "b", "n", 4)
-    open_building(root, "b", "kta", 4)  # unmasked tasks do not need a mask source
+    open_building(root, "b", "kta", 4, fractions=(1.0, 0.0, 0.0))  # unmasked tasks need no mask source
 
 
 def test_segmentsemantic_alias(tmp_path):
@@ -350,7 +350,7 @@ def test_error_rgb_without_label_names_expected_path(tmp_path):
 
 @pytest.mark.parametrize("content", [b"not a png at all", "truncated", "corrupt"])
 def test_error_undecodable_file_is_named(tmp_path, content):
-    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "keypoints2d"), size=16)
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "keypoints2d"), size=16)
     bad = view_path(root, "keypoints2d", "b", 1, 0)
     good = bad.read_bytes()
     if content == "truncated":
@@ -365,7 +365,7 @@ def test_error_undecodable_file_is_named(tmp_path, content):
 
 
 def test_error_wrong_bit_depth_and_channels_say_expected_and_found(tmp_path):
-    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "depth_zbuffer", "normal"), size=4)
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "depth_zbuffer", "normal"), size=4)
     write_png(view_path(root, "depth_zbuffer", "b", 1, 0), np.full((4, 4), 200), 8)
     with pytest.raises(DataError, match=r"point_1_view_0_domain_depth_zbuffer\.png: .*16-bit.*found 8-bit grey"):
         open_building(root, "b", "d", 4)
@@ -376,7 +376,170 @@ def test_error_wrong_bit_depth_and_channels_say_expected_and_found(tmp_path):
 
 
 def test_error_size_mismatch_names_label(tmp_path):
-    root = make_dataset(tmp_path / "ds", {"b": grid(2, 1)}, ("rgb", "keypoints2d"), size=8)
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "keypoints2d"), size=8)
     write_png(view_path(root, "keypoints2d", "b", 0, 1 - 1), np.full((6, 8), 10), 16)
     with pytest.raises(DataError, match=r"domain_keypoints2d\.png: size 8x6 differs from its rgb image's 8x8"):
         open_building(root, "b", "k", 4)
+
+
+# ---- faults found in the field: corrupt files, bad class ids, too few points (issue 11) ---------------
+
+def _flips(data: bytes, idat: tuple[int, int]) -> list[tuple[int, int]]:
+    """(byte, bit) flips: one bit of every byte of the file, and every bit of the IDAT chunk's last 16
+    data bytes (where deflate's codes of the last rows sit, and zlib's Adler-32 that PIL never reads)."""
+    every_byte = [(i, i % 8) for i in range(len(data))]
+    tail = [(i, b) for i in range(idat[1] - 16, idat[1]) for b in range(8)]
+    return sorted(set(every_byte + tail))
+
+
+def _idat_span(data: bytes) -> tuple[int, int]:
+    pos = 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == b"IDAT":
+            return pos + 8, pos + 8 + length
+        pos += 12 + length
+    raise AssertionError("no IDAT chunk")
+
+
+def _flipped(data: bytes, byte: int, bit: int) -> bytes:
+    out = bytearray(data)
+    out[byte] ^= 1 << bit
+    return bytes(out)
+
+
+def _pil_only(data: bytes) -> np.ndarray | None:
+    """What decoding alone (PIL's load, no CRC check) gives, or None if it fails."""
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return np.asarray(im).copy()
+    except Exception:  # noqa: BLE001 - any failure counts as "noticed"
+        return None
+
+
+def test_every_single_bit_flip_is_reported_or_harmless(tmp_path):
+    """A flipped bit in a real 16-bit depth PNG: reported naming the file, or the values are unchanged."""
+    from mas_flower.data.reading import read_png
+
+    path = write_png(view_path(tmp_path, "depth_zbuffer", "b", 0, 0), depth_ramp(), 16)
+    data = path.read_bytes()
+    original = read_png(path, "depth_zbuffer")
+    flips = _flips(data, _idat_span(data))
+    assert len(flips) >= 200
+    # The fault is real: decoding alone turns some of these flips into different values without an error.
+    silent_in_pil = [f for f in flips if (v := _pil_only(_flipped(data, *f))) is not None
+                     and not np.array_equal(v, original[0])]
+    assert silent_in_pil
+    silent, reported = [], 0
+    for byte, bit in flips:
+        path.write_bytes(_flipped(data, byte, bit))
+        try:
+            values = read_png(path, "depth_zbuffer")
+        except DataError as err:
+            assert str(path) in str(err)
+            reported += 1
+            continue
+        if not np.array_equal(values, original):
+            silent.append((byte, bit))
+    assert silent == []
+    # Every flip in the signature, IHDR and IDAT is reported (CRC-32 catches every single-bit error);
+    # only the empty IEND chunk's 12 bytes may change without consequence.
+    assert reported >= sum(byte < len(data) - 12 for byte, _ in flips)
+
+
+def test_loader_refuses_a_flipped_bit_that_decodes(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "depth_zbuffer"), size=16)
+    path = write_png(view_path(root, "depth_zbuffer", "b", 2, 0), depth_ramp(), 16)
+    data = path.read_bytes()
+    original = _pil_only(data)
+    byte, bit = next(f for f in _flips(data, _idat_span(data))
+                     if (v := _pil_only(_flipped(data, *f))) is not None and not np.array_equal(v, original))
+    path.write_bytes(_flipped(data, byte, bit))
+    with pytest.raises(DataError, match=r"point_2_view_0_domain_depth_zbuffer\.png: corrupt PNG.*checksum"):
+        open_building(root, "b", "d", 8)
+
+
+@pytest.mark.parametrize("bad", [18, 255])
+def test_segmentation_ids_outside_0_17_are_refused(tmp_path, bad):
+    root = make_dataset(tmp_path / "ds", {"b": grid(3, 1)}, ("rgb", "segment_semantic"), size=6)
+    seg = np.full((6, 6), 3)
+    seg[4, 1] = bad
+    write_png(view_path(root, "segment_semantic", "b", 1, 0), seg, 8)
+    with pytest.raises(DataError, match=rf"point_1_view_0_domain_segment_semantic\.png: segment_semantic value "
+                                        rf"{bad} outside 0-17 .* at 1 pixel, first at row 4, column 1"):
+        open_building(root, "b", "s", 6)
+
+
+def test_too_few_points_for_val_and_test_is_refused_before_decoding(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "ds", {"big": grid(5, 1), "small": grid(2, 3)}, ("rgb", "keypoints2d"), size=4)
+    spy = _ReadSpy(monkeypatch)
+    with pytest.raises(DataError, match=r"building 'small' has 2 camera points.*val and test splits would be "
+                                        r"empty.*at least 3 points"):
+        open_building(root, "small", "k", 4)
+    assert spy.calls == 0
+    assert open_building(root, "big", "k", 4).sizes() == {"train": 3, "val": 1, "test": 1}
+    assert open_building(root, "small", "k", 4, fractions=(1.0, 0.0, 0.0)).sizes()["train"] == 6
+
+
+def test_too_few_points_surfaces_at_discovery(private_homes, tmp_path):
+    """The ServerApp's discovery asks every node for its split sizes: the run stops there, naming the building."""
+    from tests.test_app_simulation import run_app
+
+    root = make_dataset(tmp_path / "ds", {"big": grid(4, 1), "small": grid(2, 1)}, ("rgb", "keypoints2d"), size=8)
+    config = {"method": "fedavg", "task-set": "k", "num-rounds": 1, "clients-per-round": 2, "batch-size": 2,
+              "image-size": 8, "model": "tiny", "data-root": str(root), "output-dir": str(tmp_path / "out"),
+              "run-name": "few-points", "node-timeout": 30.0}
+    with pytest.raises(Exception, match=r"building 'small' has 2 camera points"):
+        run_app(config, num_supernodes=2)
+    assert not list((tmp_path / "out").glob("**/results.json"))
+
+
+# ---- Omnidata's layout: ROOT/<domain>/<component>/<building>/ (issue 11, section 7) ----------------------
+
+def test_omnidata_layout_loads_exactly_like_taskonomy_layout(tmp_path):
+    views = {"allensville": grid(3, 2), "beechwood": grid(4, 1)}
+    flat = make_dataset(tmp_path / "flat", views, ALL, size=8, seed=3)
+    omni = make_dataset(tmp_path / "omni", views, ALL, size=8, seed=3, component="taskonomy")
+    assert (omni / "normal" / "taskonomy" / "allensville" / "point_2_view_1_domain_normal.png").is_file()
+    assert list_buildings(omni) == list_buildings(flat) == ["allensville", "beechwood"]
+    for building in views:
+        a = open_building(flat, building, "sdnkterca", 4)
+        b = open_building(omni, building, "sdnkterca", 4, cache_dir=tmp_path / "cache")
+        assert a.sizes() == b.sizes()
+        for split in ("train", "val", "test"):
+            assert a.split(split).keys == b.split(split).keys
+            x, y = _one_batch(a, split), _one_batch(b, split)
+            assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+    view_path(omni, "normal", "beechwood", 3, 0, component="taskonomy").unlink()
+    with pytest.raises(DataError, match=r"omni/normal/taskonomy/beechwood/point_3_view_0_domain_normal\.png"):
+        open_building(omni, "beechwood", "n", 4)
+
+
+def test_omnidata_components_name_buildings_unambiguously(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"allensville": grid(3, 1), "hanson": grid(3, 1)}, ("rgb", "keypoints2d"),
+                        size=4, component="taskonomy")
+    make_dataset(root, {"allensville": grid(3, 1), "frl_apartment_0": grid(3, 1)}, ("rgb", "keypoints2d"),
+                 size=4, seed=1, component="replica")
+    assert list_buildings(root) == ["replica/allensville", "replica/frl_apartment_0", "taskonomy/allensville",
+                                    "taskonomy/hanson"]
+    a = open_building(root, "taskonomy/allensville", "k", 4, cache_dir=tmp_path / "cache")
+    b = open_building(root, "replica/allensville", "k", 4, cache_dir=tmp_path / "cache")
+    assert not torch.equal(_one_batch(a)["k"], _one_batch(b)["k"])  # two buildings, two cache entries
+    assert a.split("test").keys == b.split("test").keys  # the split follows the building's folder name
+    with pytest.raises(DataError, match=r"unknown building 'hanson' \(did you mean 'taskonomy/hanson'\?\)"):
+        open_building(root, "hanson", "k", 4)
+    with pytest.raises(DataError, match=r"unknown building 'allensville' \(did you mean 'replica/allensville' or "
+                                        r"'taskonomy/allensville'\?\)"):
+        open_building(root, "allensville", "k", 4)
+
+
+def test_mixed_layouts_are_refused(tmp_path):
+    root = make_dataset(tmp_path / "ds", {"allensville": grid(3, 1)}, ("rgb",), size=4)
+    make_dataset(root, {"hanson": grid(3, 1)}, ("rgb",), size=4, component="taskonomy")
+    with pytest.raises(DataError, match=r"ds/rgb mixes building folders .*\(allensville\) with Omnidata component "
+                                        r"folders .*\(taskonomy\)"):
+        list_buildings(root)

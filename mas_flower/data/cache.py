@@ -71,7 +71,8 @@ class ArrayStore:
         # The cache folder is part of the in-memory key so that an in-RAM-only open never stops a later
         # open with a cache folder from writing its disk entries.
         self._key = (root_id, building, image_size, None if cache_dir is None else str(Path(cache_dir).resolve()))
-        self.directory = None if cache_dir is None else Path(cache_dir) / f"{building}-{root_id}" / f"s{image_size}"
+        folder = f"{building.replace('/', '+')}-{root_id}"  # an Omnidata name is component/building
+        self.directory = None if cache_dir is None else Path(cache_dir) / folder / f"s{image_size}"
 
     def get(self, name: str) -> np.ndarray | None:
         """The stored array (memory first, then a memory-mapped disk entry), or None."""

@@ -15,23 +15,25 @@ import torch
 
 from mas_flower.data.batching import RawBatch, decode_batch, device_batches
 from mas_flower.data.prepare import index_building, load_arrays
-from mas_flower.data.split import SPLIT_NAMES, check_fractions, split_points
+from mas_flower.data.split import DEFAULT_FRACTIONS, SPLIT_NAMES, check_fractions, split_points
 from mas_flower.tasks import Task, needs_mask, parse_tasks
 
 
 def open_building(root: Path, building: str, tasks: str, image_size: int, *,
-                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
                   cache_dir: Path | None = None) -> BuildingData:
     """Index, validate and (once per cache) decode one building for the given task letters.
 
     `cache_dir` None keeps decoded samples in this process's memory only; with a folder, they are
-    also memory-mapped from disk, shared by later runs and by concurrent processes.
+    also memory-mapped from disk, shared by later runs and by concurrent processes. Raises DataError
+    naming the file, folder or building (e.g. too few camera points for a non-empty val/test split).
     """
     task_list = parse_tasks(tasks)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     fractions = check_fractions(fractions)
     index = index_building(Path(root), building, task_list)
+    split_points(building, [p for p, _ in index.keys], fractions)  # an empty split fails before any decoding
     arrays = load_arrays(index, image_size, None if cache_dir is None else Path(cache_dir))
     return BuildingData(building, task_list, image_size, index.keys, arrays, fractions)
 

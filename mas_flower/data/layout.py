@@ -1,12 +1,21 @@
-"""Where things live on disk: `ROOT/<domain>/<building>/point_<P>_view_<V>_domain_<domain>.png`.
+"""Where things live on disk, in either of the two layouts Taskonomy is distributed in.
 
-Only this module knows the path conventions; it maps folders to the domains of `mas_flower.tasks`
-(accepting each task's alias spellings, e.g. Taskonomy's own `segmentsemantic`), lists buildings
-and views, and says which folder holds the valid-pixel mask of a building.
+- Taskonomy's own: `ROOT/<domain>/<building>/point_<P>_view_<V>_domain_<domain>.png`.
+- Omnidata's (what `omnitools.download` writes): `ROOT/<domain>/<component>/<building>/...png`, where
+  the component is the source dataset (`taskonomy`, `replica`, `hm3d`, ...; any name is accepted).
+
+The layout is detected from `ROOT/rgb/`: a folder there that holds no view files but holds folders
+is a component. With one component, buildings keep their plain names (`allensville`); when ROOT holds
+several components, every building is named `<component>/<building>` (`taskonomy/allensville`), so
+no name is ambiguous. Only this module knows the path conventions; it maps folders to the domains of
+`mas_flower.tasks` (accepting each task's alias spellings, e.g. Taskonomy's own `segmentsemantic`),
+lists buildings and views, and says which folder holds the valid-pixel mask of a building.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +38,23 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """How one domain folder's PNGs must be stored."""
+    """How one domain folder's PNGs must be stored; `max_value` bounds class ids (None: any value)."""
 
     name: str
     folder_names: tuple[str, ...]
     bits: tuple[int, ...]
     channels: int
+    max_value: int | None = None
 
     def describe(self) -> str:
         return f"{'/'.join(map(str, self.bits))}-bit, {self.channels} channel{'s' * (self.channels > 1)}"
 
 
 def _spec_of_task(task: Task) -> DomainSpec:
-    return DomainSpec(task.domain, task.folder_names, (task.bits,), task.png_channels)
+    # Class ids index the decoder's logits: an id >= the class count is an out-of-bounds target
+    # (a device-side assert on CUDA), so it is refused on reading.
+    top = task.out_channels - 1 if task.is_classification else None
+    return DomainSpec(task.domain, task.folder_names, (task.bits,), task.png_channels, top)
 
 
 def _build_specs() -> dict[str, DomainSpec]:
@@ -62,35 +75,121 @@ def domain_of_folder(folder: str) -> str | None:
     return _FOLDER_TO_DOMAIN.get(folder)
 
 
-def require_root(root: Path) -> Path:
+def _subfolders(folder: Path) -> list[str]:
+    """Names of the visible sub-folders, sorted."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _holds_view_files(folder: Path) -> bool:
+    """Whether `folder` directly holds a view file (stops at the first: building folders are large)."""
+    with os.scandir(folder) as entries:
+        return any(VIEW_FILE.match(e.name) for e in entries)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The buildings of a dataset root and where each one's folder is below a domain folder.
+
+    `components` is empty for Taskonomy's layout and lists the Omnidata components otherwise;
+    `buildings` maps each building's name to its path below `ROOT/<domain>/` (`allensville` or
+    `taskonomy/allensville`), in name order.
+    """
+
+    root: Path
+    components: tuple[str, ...]
+    buildings: dict[str, str]
+
+    def describe(self) -> str:
+        if not self.components:
+            return "Taskonomy layout ROOT/<domain>/<building>/"
+        named = "<component>/<building>" if len(self.components) > 1 else "<building>"
+        return (f"Omnidata layout ROOT/<domain>/<component>/<building>/, components "
+                f"{', '.join(self.components)}; buildings named {named}")
+
+    def buildings_in(self, folder: str) -> dict[str, str]:
+        """Building name -> path below `ROOT/<folder>/`, for every building folder found there."""
+        base = self.root / folder
+        if not self.components:
+            return {b: b for b in _subfolders(base)}
+        qualified = len(self.components) > 1
+        found = {(f"{c}/{b}" if qualified else b): f"{c}/{b}" for c in _subfolders(base) for b in _subfolders(base / c)}
+        return dict(sorted(found.items()))
+
+    def relpath(self, building: str) -> str:
+        """The building's path below a domain folder; DataError naming the known buildings if unknown."""
+        if building in self.buildings:
+            return self.buildings[building]
+        names = list(self.buildings)
+        near = [n for n in names if n.rsplit("/", 1)[-1] == building.rsplit("/", 1)[-1]]
+        near = near or difflib.get_close_matches(building, names, n=1)
+        hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+        shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+        raise DataError(f"unknown building {building!r}{hint}: no folder {self.root / RGB_DOMAIN / building} "
+                        f"({self.describe()}; buildings: {shown or 'none'})")
+
+    def domain_dir(self, domain: str, building: str) -> Path | None:
+        """The folder holding `domain` for `building`, trying each spelling in order; None if none exists."""
+        rel = self.relpath(building)
+        for folder in DOMAIN_SPECS[domain].folder_names:
+            path = self.root / folder / rel
+            if path.is_dir():
+                return path
+        return None
+
+    def rgb_dir(self, building: str) -> Path:
+        return self.root / RGB_DOMAIN / self.relpath(building)
+
+    def expected_path(self, domain: str, building: str, key: ViewKey, folder: Path | None = None) -> Path:
+        """The file a view's label should be in (in `folder`, a domain_dir, when that exists)."""
+        if folder is None:
+            folder = self.root / DOMAIN_SPECS[domain].folder_names[0] / self.relpath(building)
+        spelling = folder.relative_to(self.root).parts[0]
+        return folder / f"point_{key[0]}_view_{key[1]}_domain_{spelling}.png"
+
+    def mask_domain(self, building: str) -> str | None:
+        """Which domain gives the building's valid-pixel mask: `mask_valid` if present, else depth, else None."""
+        for domain in (MASK_DOMAIN, MASK_SOURCE_DOMAIN):
+            if self.domain_dir(domain, building) is not None:
+                return domain
+        return None
+
+
+def scan_root(root: Path) -> Layout:
+    """Detect the layout of a dataset root from its `rgb/` folder and list its buildings.
+
+    Raises DataError if ROOT or ROOT/rgb is missing, or if ROOT/rgb mixes building folders (holding
+    view files) with component folders (holding building folders).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset root {root} does not exist or is not a folder")
-    if not (root / RGB_DOMAIN).is_dir():
-        raise DataError(f"dataset root {root} has no {RGB_DOMAIN}/ folder (expected ROOT/<domain>/<building>/)")
-    return root
+    rgb = root / RGB_DOMAIN
+    if not rgb.is_dir():
+        raise DataError(f"dataset root {root} has no {RGB_DOMAIN}/ folder (expected ROOT/<domain>/<building>/ or "
+                        "Omnidata's ROOT/<domain>/<component>/<building>/)")
+    children = _subfolders(rgb)
+    with_views = {c for c in children if _holds_view_files(rgb / c)}
+    components = tuple(c for c in children if c not in with_views and _subfolders(rgb / c))
+    if components and with_views:
+        raise DataError(f"{rgb} mixes building folders holding view files ({', '.join(sorted(with_views)[:3])}) "
+                        f"with Omnidata component folders holding building folders ({', '.join(components[:3])}): "
+                        "use one layout")
+    layout = Layout(root, components, {})
+    return Layout(root, components, layout.buildings_in(RGB_DOMAIN))
+
+
+def require_root(root: Path) -> Path:
+    """ROOT if it exists and has an rgb folder, else DataError."""
+    return scan_root(root).root
 
 
 def list_buildings(root: Path) -> list[str]:
-    """Building names, discovered from `ROOT/rgb/`, sorted."""
-    root = require_root(Path(root))
-    return sorted(p.name for p in (root / RGB_DOMAIN).iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def domain_dir(root: Path, domain: str, building: str) -> Path | None:
-    """The folder holding `domain` for `building`, trying each spelling in order; None if none exists."""
-    for folder in DOMAIN_SPECS[domain].folder_names:
-        path = Path(root) / folder / building
-        if path.is_dir():
-            return path
-    return None
-
-
-def expected_path(root: Path, domain: str, building: str, key: ViewKey, folder: Path | None = None) -> Path:
-    """The file a view's label should be in (in `folder` when the domain folder exists)."""
-    if folder is None:
-        folder = Path(root) / DOMAIN_SPECS[domain].folder_names[0] / building
-    return folder / f"point_{key[0]}_view_{key[1]}_domain_{folder.parent.name}.png"
+    """Building names, discovered from `ROOT/rgb/` (see the module doc for naming), sorted."""
+    return list(scan_root(Path(root)).buildings)
 
 
 @dataclass
@@ -120,11 +219,3 @@ def list_views(folder: Path, domain: str) -> Listing:
         files[key] = path
     files = dict(sorted(files.items()))
     return Listing(files, sorted(unexpected))
-
-
-def mask_domain(root: Path, building: str) -> str | None:
-    """Which domain gives this building's valid-pixel mask: `mask_valid` if present, else depth, else None."""
-    for domain in (MASK_DOMAIN, MASK_SOURCE_DOMAIN):
-        if domain_dir(root, domain, building) is not None:
-            return domain
-    return None

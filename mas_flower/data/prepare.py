@@ -21,17 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from mas_flower.data.cache import ArrayStore, fingerprint
-from mas_flower.data.layout import (
-    DOMAIN_SPECS,
-    DataError,
-    ViewKey,
-    domain_dir,
-    expected_path,
-    list_buildings,
-    list_views,
-    mask_domain,
-    require_root,
-)
+from mas_flower.data.layout import DOMAIN_SPECS, DataError, ViewKey, list_views, scan_root
 from mas_flower.data.reading import check_header, read_png, valid_pixels
 from mas_flower.tasks import MASK_DOMAIN, MASK_SOURCE_DOMAIN, RGB_DOMAIN, Task, needs_mask
 
@@ -79,13 +69,8 @@ class BuildingIndex:
 
 def index_building(root: Path, building: str, tasks: list[Task]) -> BuildingIndex:
     """List the views and the label files the tasks need; every missing folder or file is an error."""
-    root = require_root(Path(root))
-    buildings = list_buildings(root)
-    if building not in buildings:
-        shown = ", ".join(buildings[:10]) + (f", ... ({len(buildings)} in all)" if len(buildings) > 10 else "")
-        raise DataError(f"unknown building {building!r}: no folder {root / RGB_DOMAIN / building} "
-                        f"(buildings: {shown or 'none'})")
-    rgb_dir = root / RGB_DOMAIN / building
+    layout = scan_root(Path(root))
+    rgb_dir = layout.rgb_dir(building)  # DataError naming the known buildings if unknown
     rgb_files = list_views(rgb_dir, RGB_DOMAIN).files
     keys = list(rgb_files)
     if not keys:
@@ -96,12 +81,13 @@ def index_building(root: Path, building: str, tasks: list[Task]) -> BuildingInde
     needed: dict[str, str] = {}  # domain -> why
     mask_by = None
     if needs_mask(letters):
-        mask_by = mask_domain(root, building)
+        mask_by = layout.mask_domain(building)
         if mask_by is None:
             masked = "".join(t.letter for t in tasks if t.masked)
+            rel = layout.relpath(building)
             raise DataError(
                 f"masked task(s) {masked!r} need a valid-pixel mask for building {building!r}, but neither "
-                f"{root / MASK_DOMAIN / building} nor {root / MASK_SOURCE_DOMAIN / building} exists")
+                f"{layout.root / MASK_DOMAIN / rel} nor {layout.root / MASK_SOURCE_DOMAIN / rel} exists")
         needed[mask_by] = "the valid-pixel mask"
     for t in tasks:
         if t.domain != RGB_DOMAIN:
@@ -112,9 +98,10 @@ def index_building(root: Path, building: str, tasks: list[Task]) -> BuildingInde
 
     files = {RGB_DOMAIN: list(rgb_files.values())}
     for domain, why in needed.items():
-        folder = domain_dir(root, domain, building)
+        folder = layout.domain_dir(domain, building)
         if folder is None:
-            spellings = " or ".join(str(root / f / building) for f in DOMAIN_SPECS[domain].folder_names)
+            rel = layout.relpath(building)
+            spellings = " or ".join(str(layout.root / f / rel) for f in DOMAIN_SPECS[domain].folder_names)
             raise DataError(f"{why} needs domain folder {spellings}, which does not exist")
         listing = list_views(folder, domain).files
         missing = [k for k in keys if k not in listing]
@@ -122,9 +109,9 @@ def index_building(root: Path, building: str, tasks: list[Task]) -> BuildingInde
             k = missing[0]
             more = f" (and {len(missing) - 1} more views of {building} lack {domain})" if len(missing) > 1 else ""
             raise DataError(f"label missing for {files[RGB_DOMAIN][keys.index(k)]}: expected "
-                            f"{expected_path(root, domain, building, k, folder)}{more}")
+                            f"{layout.expected_path(domain, building, k, folder)}{more}")
         files[domain] = [listing[k] for k in keys]
-    return BuildingIndex(root, building, keys, files, entries)
+    return BuildingIndex(layout.root, building, keys, files, entries)
 
 
 def load_arrays(index: BuildingIndex, image_size: int, cache_dir: Path | None) -> dict[str, np.ndarray]:
