@@ -11,6 +11,16 @@ TAG's implementations. Only the weights' gradient uses L_grad; the network never
 W is the encoder's last parameterised layer (the last encoder parameter with at least two
 dimensions: a convolution or linear weight), or with `shared="rep"` the shared representation
 (cheaper; then the trainer must pass `rep`).
+
+How this differs from the reference code (the MAS authors' released code, which the paper's
+"GradNorm" rows come from; see the fidelity audit, shared/audit-2026-11.md): there the weights
+never change. Its update takes a `statistics.mean` over a list of tensors, which raises, and a bare
+`except: pass` around the update swallows the error, so every step trains on the unweighted sum of
+the losses (with the network's 1/√n gradient scale at the representation, and fp16 representation
+gradients). Its "GradNorm" is therefore equal weighting. Ours is Chen et al.'s algorithm as above:
+the weights do move (Adam on w, L(0) taken at the first step this object sees, w also scaling each
+decoder's gradient through Σ w_i L_i). Our GradNorm rows are therefore not expected to match the
+paper's; to reproduce the paper's row, run `fedavg` (equal weighting).
 """
 
 from __future__ import annotations
