@@ -20,7 +20,7 @@ the losses (with the network's 1/√n gradient scale at the representation, and 
 gradients). Its "GradNorm" is therefore equal weighting. Ours is Chen et al.'s algorithm as above:
 the weights do move (Adam on w, L(0) taken at the first step this object sees, w also scaling each
 decoder's gradient through Σ w_i L_i). Our GradNorm rows are therefore not expected to match the
-paper's; to reproduce the paper's row, run `fedavg` (equal weighting).
+paper's; our `fedavg` (equal weighting) is the closest to the paper's GradNorm row.
 """
 
 from __future__ import annotations
