@@ -70,7 +70,8 @@ class GradNorm(Weighting):
         return self.w
 
     def backward(self, losses: Mapping[str, Tensor], net: nn.Module, rep: Tensor | None = None) -> Tensor:
-        task_losses = torch.stack(self._ordered(losses))
+        ordered = self._ordered(losses)
+        task_losses = torch.stack(ordered)
         w = self._ensure_state(task_losses.device)
         if self.shared == "rep":
             if rep is None:
@@ -78,9 +79,10 @@ class GradNorm(Weighting):
             layer = rep
         else:
             layer = last_shared_weight(net)
+        # Each task's gradient from its own loss tensor, not from `task_losses[i]`: through the stack,
+        # autograd would also run every other decoder's backward (with zero gradients), n times the work.
         norms = torch.stack([
-            torch.autograd.grad(task_losses[i], layer, retain_graph=True)[0].float().norm()
-            for i in range(len(self.tasks))
+            torch.autograd.grad(loss, layer, retain_graph=True)[0].float().norm() for loss in ordered
         ])
         detached = task_losses.detach()
         if self.initial is None:
