@@ -126,3 +126,36 @@ def test_delta_m_signs_by_direction() -> None:
         delta_m({"s": {"miou": 1.0}}, {"d": {"abs_rel": 1.0}})
     with pytest.raises(ValueError, match="baseline k.loss = 0.0"):
         delta_m({"k": {"loss": 1.0}}, {"k": {"loss": 0.0}})
+
+
+def test_real_loader_batches_and_network_outputs(tiny_federation, one_thread) -> None:
+    """Batches from the real loader (synthetic PNGs, all nine tasks): a prediction equal to the target
+    scores perfectly, and a tiny network's outputs give finite metrics that two clients' records
+    merge into exactly the metrics of their pooled batches."""
+    from mas_flower.data import open_building
+    from mas_flower.models import build_model
+    from mas_flower.tasks import ALL_LETTERS
+
+    net = build_model("tiny", ALL_LETTERS, image_size=32, seed=0).eval()
+    perfect, pooled, server = TaskMetrics(ALL_LETTERS), TaskMetrics(ALL_LETTERS), TaskMetrics("")
+    for building in ("allensville", "beechwood"):
+        client = TaskMetrics(ALL_LETTERS)
+        for batch in open_building(tiny_federation, building, ALL_LETTERS, 32).split("test").batches(3):
+            exact = {c: batch[c].float() for c in ALL_LETTERS if c != "s"}
+            exact["s"] = torch.nn.functional.one_hot(batch["s"], 18).permute(0, 3, 1, 2).float()
+            perfect.update(exact, batch)
+            with torch.no_grad():
+                outputs = net(batch["rgb"])
+            client.update(outputs, batch)
+            pooled.update(outputs, batch)
+        server.merge(TaskMetrics.from_record(client.to_record()))
+    scores = perfect.compute()
+    assert scores["s"] == {"miou": 1.0, "pixel_acc": 1.0}
+    assert scores["d"] == {"abs_rel": 0.0, "rmse_m": 0.0}
+    assert scores["n"]["mean_angle_deg"] == pytest.approx(0.0, abs=1e-4) and scores["n"]["within_11_25"] == 1.0
+    assert all(scores[c]["l1"] == 0.0 for c in "kterca")
+    merged, direct = server.compute(), pooled.compute()
+    assert server.tasks == ALL_LETTERS
+    for c in ALL_LETTERS:
+        assert all(math.isfinite(v) for v in direct[c].values()), (c, direct[c])
+        assert merged[c] == pytest.approx(direct[c], rel=1e-12)
