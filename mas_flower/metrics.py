@@ -33,7 +33,7 @@ Metrics per task (all on the network's raw outputs, at the label resolution; no 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -274,6 +274,16 @@ class TaskMetrics:
                     raise ValueError(f"metric record {RECORD_PREFIX}.{c}.{k}: {len(sums[k])} values, expected {n}")
                 out._sums[c][k] = torch.tensor(sums[k], dtype=torch.float64)
         return out
+
+
+def sum_records(records: Iterable[Mapping[str, object]]) -> TaskMetrics:
+    """The sum of several clients' `to_record()` dicts (e.g. the MetricRecords of one round's replies;
+    other keys are ignored). Note that Flower's default metric aggregation takes an example-weighted
+    *mean* per key, which is wrong for these sums: aggregate with this instead."""
+    total = TaskMetrics("")
+    for record in records:
+        total.merge(TaskMetrics.from_record(record))
+    return total
 
 
 # Δm% ----------------------------------------------------------------------------------------------

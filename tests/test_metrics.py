@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mas_flower.metrics import TaskMetrics, batch_metric_sums, delta_m, depth_metres, metric_names
+from mas_flower.metrics import TaskMetrics, batch_metric_sums, delta_m, depth_metres, metric_names, sum_records
 
 
 def _one_hot_logits(classes: list[list[int]], channels: int = 18) -> torch.Tensor:
@@ -90,9 +90,7 @@ def test_sums_merge_exactly_across_batches_and_clients() -> None:
         m.update({k: v[part] for k, v in outputs.items()}, {k: v[part] for k, v in batch.items()})
         clients.append(m)
     clients[0].merge(clients[1])
-    server = TaskMetrics("")
-    for m in (clients[0], clients[2]):
-        server.merge(TaskMetrics.from_record({**m.to_record(), "num-examples": 3}))
+    server = sum_records({**m.to_record(), "num-examples": 3} for m in (clients[0], clients[2]))
     assert server.tasks == "sdnr"
     for letter, metrics in whole.compute().items():
         assert server.compute()[letter] == pytest.approx(metrics, rel=1e-12)
