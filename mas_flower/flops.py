@@ -75,13 +75,28 @@ class NetworkFlops:
     #: ... plus this much per lookahead batch, whatever its size (the n x n gradient inner products).
     affinity_first_order_per_batch: float
 
-    def lookahead_batch(self, batch_size: int, mode: str = "exact") -> float:
-        """The extra FLOPs of one lookahead batch of `batch_size` samples (beyond its training step)."""
+    def training(self, samples: int, lookahead_samples: int = 0, lookahead_batches: int = 0,
+                 mode: str = "exact") -> float:
+        """FLOPs of a local training that processed `samples` samples (epochs × examples), of which
+        `lookahead_samples` in `lookahead_batches` lookahead batches; the lookahead part is
+        `lookahead(...)` and is included here."""
+        return self.train * samples + self.lookahead(lookahead_samples, lookahead_batches, mode)
+
+    def lookahead(self, lookahead_samples: int, lookahead_batches: int, mode: str = "exact") -> float:
+        """The lookahead's extra FLOPs over `lookahead_batches` batches holding `lookahead_samples` samples."""
         if mode not in AFFINITY_MODES:
             raise ValueError(f"affinity mode {mode!r} must be one of {AFFINITY_MODES}")
         if mode == "exact":
-            return self.affinity * batch_size
-        return self.affinity_first_order * batch_size + self.affinity_first_order_per_batch
+            return self.affinity * lookahead_samples
+        return self.affinity_first_order * lookahead_samples + self.affinity_first_order_per_batch * lookahead_batches
+
+    def evaluation(self, samples: int) -> float:
+        """FLOPs of evaluating `samples` samples."""
+        return self.eval * samples
+
+    def lookahead_batch(self, batch_size: int, mode: str = "exact") -> float:
+        """The extra FLOPs of one lookahead batch of `batch_size` samples (beyond its training step)."""
+        return self.lookahead(batch_size, 1, mode)
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,

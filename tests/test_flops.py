@@ -37,6 +37,12 @@ def test_hand_counted_network() -> None:
     params = 3 * 4
     assert flops.affinity_first_order == 2 * (dec + enc)
     assert flops.lookahead_batch(16, "first_order") == 16 * 2 * (dec + enc) + 2 * (2 * 2 + 2) * params
+    # a local training of 3 epochs over 10 samples, lookahead on batches of 4, 4 and 2 samples
+    assert flops.training(30, 10, 3) == 30 * 6144 + 10 * 9216
+    assert flops.training(30, 10, 3, "first_order") == 30 * 6144 + 10 * 2 * (dec + enc) + 3 * 2 * 6 * params
+    assert flops.evaluation(7) == 7 * 2560
+    with pytest.raises(ValueError, match="affinity mode 'second_order'"):
+        flops.training(1, 1, 1, "second_order")
 
 
 def test_one_by_one_costs_the_sum_of_its_single_task_networks() -> None:
