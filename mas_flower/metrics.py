@@ -57,7 +57,7 @@ Sums = dict[str, Tensor]
 def depth_metres(x: Tensor) -> Tensor:
     """Decoded depth (design.md section 2: (raw − 1500) / 1000, raw in 1/512 m) back to metres."""
     task = TASKS["d"]
-    raw = x.double() * task.std[0] + task.offset[0]
+    raw = (x.double() * task.std[0] + task.offset[0]) * task.scale  # the inverse of Task.decode
     return raw / DEPTH_UNITS_PER_METRE
 
 
