@@ -183,7 +183,7 @@ def _delta_m_stats(res: list[dict[str, Any]], baseline: list[Run], tasks: str, v
 
 
 def write_summary(out_dir: Path, runs: list[Run], method_order: list[str] | None = None) -> tuple[Path, Path]:
-    """Write `summary.csv` and `summary.md` into `out_dir`; return their paths."""
+    """Write `summary.csv`, `summary.md` and `runs.csv` into `out_dir`; return the first two paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarise(runs, method_order)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
