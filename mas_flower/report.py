@@ -6,22 +6,29 @@
   Rounds are counted over all stages, so methods that retrain from scratch (HOA, TAG) run longer.
 - `affinity-rounds-<task set>-<method>.png`: A[i→j] per affinity round, one panel per task j, a line
   per other task i, mean over seeds (Figure 4).
-- `affinity-matrix-<task set>-<method>.png`: the final affinity matrix per seed, tasks reordered by
-  the chosen groups, each group outlined (dashed where overlapping groups cannot be contiguous).
+- `affinity-matrix-<task set>-<method>.png`: the final affinity matrix per seed. Every heatmap of a
+  report shares one colour scale (± the largest off-diagonal |A| of all of them) and one task order
+  (the paper's, `sdnkterca`), so heatmaps of different methods and seeds compare cell by cell; the
+  cells of each chosen group are outlined in the group's colour.
+- `cogrouping-<task set>.png` and `cogrouping.csv`: per splitting method, how often each pair of
+  tasks shared a group across seeds (the split stability the supplementary's Table 2 discusses).
 - `loss-vs-energy.png`: total test loss against energy per method, error bars = std over seeds.
 
-summary.csv and summary.md (`mas_flower.summary`) are written beside the figures.
+Every figure's title names the suite (the folder holding `runs/`) and the settings of its runs.
+summary.csv, summary.md and runs.csv (`mas_flower.summary`) are written beside the figures.
 """
 
 from __future__ import annotations
 
+import csv
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
 from mas_flower.summary import Run, display_name, load_runs, summarise, write_summary
-from mas_flower.tasks import TASKS
+from mas_flower.tasks import ALL_LETTERS, TASKS
 
 Curves = dict[tuple[str, str], list[Run]]
 
@@ -45,22 +52,103 @@ def make_report(paths: list[Path], out: Path | None = None) -> list[Path]:
     for run in runs:
         groups.setdefault((run.task_set, run.label), []).append(run)
     colours = _colours(order)
-    written = [_validation_loss(groups, order, colours, out / "validation-loss.png")]
+    note = provenance(runs)
+    written = [_validation_loss(groups, order, colours, out / "validation-loss.png", note)]
+    scale = affinity_scale(runs)
     for (ts, label), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
         members = sorted(members, key=lambda r: r.seed)
         name = _safe(f"{ts}-{label}")
         if any(_round_affinities(r) for r in members):
-            written.append(_affinity_rounds(members, ts, label, out / f"affinity-rounds-{name}.png"))
+            written.append(_affinity_rounds(members, ts, label, out / f"affinity-rounds-{name}.png", note))
         if any(r.results.get("affinity") for r in members):
-            written.append(_affinity_matrices(members, ts, label, out / f"affinity-matrix-{name}.png"))
-    written.append(_loss_vs_energy(rows, colours, out / "loss-vs-energy.png"))
+            written.append(_affinity_matrices(members, ts, label, out / f"affinity-matrix-{name}.png", scale, note))
+    frequencies = cogrouping(groups)
+    if frequencies:
+        write_cogrouping_csv(out / "cogrouping.csv", frequencies)
+        for ts in dict.fromkeys(ts for ts, _ in frequencies):
+            part = {label: f for (t, label), f in frequencies.items() if t == ts}
+            written.append(_cogrouping_figure(ts, part, out / f"cogrouping-{_safe(ts)}.png", note))
+    written.append(_loss_vs_energy(rows, colours, out / "loss-vs-energy.png", note))
     write_summary(out, runs)
     return written
 
 
+# What the figures show: provenance, shared scales, co-grouping ---------------------------------
+
+#: Run-config keys named in every figure's title, with how they are shown.
+SETTINGS_SHOWN = (("model", "{}"), ("image-size", "{} px"), ("num-rounds", "R={}"), ("merge-rounds", "R0={}"),
+                  ("clients-per-round", "K={}"), ("local-epochs", "E={}"), ("batch-size", "batch {}"), ("lr", "lr {}"),
+                  ("affinity-rounds", "affinity rounds {}"), ("affinity-every", "ρ={}"))
+
+
+def provenance(runs: list[Run]) -> str:
+    """'suite S · settings · seeds': the suite folder(s) (the parent of `runs/`, else the run folders'
+    parent) and the run-config values of `SETTINGS_SHOWN` (several values joined by '/')."""
+    suites = list(dict.fromkeys((r.path.parent.parent if r.path.parent.name == "runs" else r.path.parent).name
+                                for r in runs))
+    parts = []
+    for key, fmt in SETTINGS_SHOWN:
+        values = list(dict.fromkeys(str(r.results.get("config", {}).get(key)) for r in runs
+                                    if r.results.get("config", {}).get(key) is not None))
+        if values:
+            parts.append(fmt.format("/".join(values)))
+    seeds = ",".join(str(s) for s in sorted({r.seed for r in runs}))
+    return f"suite {', '.join(suites)} · {', '.join(parts)} · seeds {seeds}"
+
+
+def affinity_scale(runs: list[Run]) -> float:
+    """The shared colour scale of every affinity heatmap: the largest finite off-diagonal |A[i→j]|."""
+    largest = 0.0
+    for run in runs:
+        affinity = run.results.get("affinity")
+        if affinity:
+            m = np.asarray(affinity["matrix"], dtype=float)
+            off = np.abs(m[~np.eye(len(m), dtype=bool)])
+            off = off[np.isfinite(off)]
+            largest = max(largest, float(off.max()) if off.size else 0.0)
+    return largest or 1.0
+
+
+def task_order(tasks: str) -> str:
+    """The fixed task order of every figure: the paper's (`ALL_LETTERS`), whatever the task string's order."""
+    return "".join(sorted(tasks, key=ALL_LETTERS.index))
+
+
+def cogrouping(groups: Curves) -> dict[tuple[str, str], tuple[np.ndarray, int]]:
+    """For each (task set, method) whose runs record groups: F[i, j] = the fraction of its runs (seeds) in
+    which tasks i and j were in one group (any group, for overlapping TAG groups), tasks in `task_order`;
+    F[i, i] = 1. Returns {(task set, label): (F, number of runs)}."""
+    out = {}
+    for (ts, label), members in groups.items():
+        splits = [r.results["splits"] for r in members if r.results.get("splits")]
+        if not splits:
+            continue
+        order = task_order(ts)
+        together = np.zeros((len(order), len(order)))
+        for groups_of_run in splits:
+            for i, a in enumerate(order):
+                for j, b in enumerate(order):
+                    together[i, j] += any(a in g and b in g for g in groups_of_run) or i == j
+        out[(ts, label)] = (together / len(splits), len(splits))
+    return out
+
+
+def write_cogrouping_csv(path: Path, frequencies: dict[tuple[str, str], tuple[np.ndarray, int]]) -> Path:
+    """One row per (task set, method, task pair i < j): runs together, runs, frequency."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task_set", "method", "task_i", "task_j", "together", "runs", "frequency"])
+        for (ts, label), (freq, n) in frequencies.items():
+            order = task_order(ts)
+            for i in range(len(order)):
+                for j in range(i + 1, len(order)):
+                    writer.writerow([ts, label, order[i], order[j], round(freq[i, j] * n), n, f"{freq[i, j]:.6g}"])
+    return path
+
+
 # Figures -----------------------------------------------------------------------------------------
 
-def _validation_loss(groups: Curves, order: list[str], colours: dict[str, str], path: Path) -> Path:
+def _validation_loss(groups: Curves, order: list[str], colours: dict[str, str], path: Path, note: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -83,10 +171,11 @@ def _validation_loss(groups: Curves, order: list[str], colours: dict[str, str], 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    _suptitle(fig, "", note, fontsize=9)
     return _save(fig, plt, path)
 
 
-def _affinity_rounds(runs: list[Run], ts: str, label: str, path: Path) -> Path:
+def _affinity_rounds(runs: list[Run], ts: str, label: str, path: Path, note: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -95,66 +184,90 @@ def _affinity_rounds(runs: list[Run], ts: str, label: str, path: Path) -> Path:
         for rnd, matrix in _round_affinities(run):
             per_round.setdefault(rnd, []).append(matrix)
     rounds = sorted(per_round)
-    mean = np.array([np.mean(per_round[r], axis=0) for r in rounds])  # (rounds, n, n)
-    n = len(ts)
+    order = task_order(ts)
+    idx = [ts.index(t) for t in order]
+    mean = np.array([np.mean(per_round[r], axis=0)[np.ix_(idx, idx)] for r in rounds])  # (rounds, n, n)
+    n = len(order)
     fig, axes = _grid(n, width=3.6, height=2.9)
     cmap = plt.get_cmap("tab10")
     for j, ax in enumerate(axes[:n]):
         for i in range(n):
             if i != j:
                 ax.plot(rounds, mean[:, i, j], marker="o", markersize=3, color=cmap(i % 10),
-                        label=f"{ts[i]} ({TASKS[ts[i]].domain})")
+                        label=f"{order[i]} ({TASKS[order[i]].domain})")
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set(title=f"A[i → {ts[j]}] ({TASKS[ts[j]].domain})", xlabel="round", ylabel="affinity")
+        ax.set(title=f"A[i → {order[j]}] ({TASKS[order[j]].domain})", xlabel="round", ylabel="affinity")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=cmap(i % 10), marker="o", label=f"i = {t} ({TASKS[t].domain})")
-               for i, t in enumerate(ts)]
+               for i, t in enumerate(order)]
     fig.legend(handles=handles, loc="lower center", ncol=min(n, 5), fontsize=8, frameon=False)
     seeds = ",".join(str(r.seed) for r in runs)
-    fig.suptitle(f"{display_name(label, False)} on `{ts}`: affinity of each task i to task j per "
-                 f"affinity round (mean over seeds {seeds})", fontsize=11)
+    _suptitle(fig, f"{display_name(label, False)} on `{ts}`: affinity of each task i to task j per "
+              f"affinity round (mean over seeds {seeds})", note, fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     return _save(fig, plt, path, tight=False)
 
 
-def _affinity_matrices(runs: list[Run], ts: str, label: str, path: Path) -> Path:
+def _affinity_matrices(runs: list[Run], ts: str, label: str, path: Path, scale: float, note: str) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     runs = [r for r in runs if r.results.get("affinity")]
-    fig, axes = plt.subplots(1, len(runs), figsize=(max(4.6 * len(runs), 6.5), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(max(4.6 * len(runs), 6.5), 4.9), squeeze=False)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
     for ax, run in zip(axes[0], runs, strict=True):
         tasks = run.results["affinity"]["tasks"]
         matrix = np.asarray(run.results["affinity"]["matrix"], dtype=float)
         groups = list(run.results.get("splits") or [])
-        order = list(dict.fromkeys([t for g in groups for t in g] + list(tasks)))
+        order = task_order(tasks)
         idx = [tasks.index(t) for t in order]
         m = matrix[np.ix_(idx, idx)]
-        off = np.ma.masked_array(m, mask=np.eye(len(order), dtype=bool))
-        scale = float(np.abs(off).max()) or 1.0
-        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
+        off = np.ma.masked_array(m, mask=np.eye(len(order), dtype=bool) | ~np.isfinite(m))
         image = ax.imshow(off, cmap=cmap, vmin=-scale, vmax=scale)
         for a in range(len(order)):
             for b in range(len(order)):
                 ax.text(b, a, f"{m[a, b]:.2g}", ha="center", va="center", fontsize=7,
                         color="black" if a == b or abs(m[a, b]) < 0.6 * scale else "white")
-        for k, group in enumerate(groups):
-            pos = sorted(order.index(t) for t in group)
-            contiguous = pos[-1] - pos[0] + 1 == len(pos)
-            ax.add_patch(Rectangle((pos[0] - 0.5, pos[0] - 0.5), pos[-1] - pos[0] + 1, pos[-1] - pos[0] + 1,
-                                   fill=False, linewidth=2.2, edgecolor=f"C{k % 10}",
-                                   linestyle="-" if contiguous else "--"))
-        ax.set_xticks(range(len(order)), order)
-        ax.set_yticks(range(len(order)), order)
+        for k, group in enumerate(groups):  # outline the cells of each group, inset so overlaps show
+            inset = 0.06 + 0.08 * (k % 3)
+            for a in (order.index(t) for t in group if t in order):
+                for b in (order.index(t) for t in group if t in order):
+                    if a != b:
+                        ax.add_patch(Rectangle((b - 0.5 + inset, a - 0.5 + inset), 1 - 2 * inset, 1 - 2 * inset,
+                                               fill=False, linewidth=1.8, edgecolor=f"C{k % 10}"))
+        ax.set_xticks(range(len(order)), list(order))
+        ax.set_yticks(range(len(order)), list(order))
         ax.set(xlabel="j (task helped)", ylabel="i (task stepped)",
                title=f"seed {run.seed}: groups {','.join(groups) or '-'}")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="A[i → j] (diagonal grey)")
-    fig.suptitle(f"{display_name(label, False)} on `{ts}`: final affinity matrix, chosen groups outlined", fontsize=11)
+    _suptitle(fig, f"{display_name(label, False)} on `{ts}`: final affinity matrix, cells of each chosen group "
+              f"outlined (shared scale ±{scale:.2g})", note, fontsize=10)
     return _save(fig, plt, path)
 
 
-def _loss_vs_energy(rows: list, colours: dict[str, str], path: Path) -> Path:
+def _cogrouping_figure(ts: str, frequencies: dict[str, tuple[np.ndarray, int]], path: Path, note: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    order = task_order(ts)
+    fig, axes = plt.subplots(1, len(frequencies), figsize=(max(4.4 * len(frequencies), 6.5), 4.6), squeeze=False)
+    for ax, (label, (freq, n)) in zip(axes[0], frequencies.items(), strict=True):
+        shown = np.ma.masked_array(freq, mask=np.eye(len(order), dtype=bool))
+        image = ax.imshow(shown, cmap=plt.get_cmap("Greens").with_extremes(bad="#dddddd"), vmin=0.0, vmax=1.0)
+        for a in range(len(order)):
+            for b in range(len(order)):
+                if a != b:
+                    ax.text(b, a, f"{freq[a, b]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if freq[a, b] > 0.6 else "black")
+        ax.set_xticks(range(len(order)), list(order))
+        ax.set_yticks(range(len(order)), list(order))
+        ax.set(title=f"{display_name(label, False)} ({n} runs)")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of runs in one group")
+    _suptitle(fig, f"How often two tasks of `{ts}` shared a group across seeds", note, fontsize=10)
+    return _save(fig, plt, path)
+
+
+def _loss_vs_energy(rows: list, colours: dict[str, str], path: Path, note: str) -> Path:
     import matplotlib.pyplot as plt
 
     task_sets = list(dict.fromkeys(row.task_set for row in rows))
@@ -174,6 +287,7 @@ def _loss_vs_energy(rows: list, colours: dict[str, str], path: Path) -> Path:
                ylabel="total test loss (sum over tasks)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    _suptitle(fig, "", note, fontsize=9)
     return _save(fig, plt, path)
 
 
@@ -214,6 +328,13 @@ def _grid(panels: int, width: float, height: float):
     for ax in flat[panels:]:
         ax.set_visible(False)
     return fig, flat
+
+
+def _suptitle(fig, title: str, note: str, fontsize: float) -> None:
+    """The figure's title, then the provenance `note`, each wrapped to the figure's width."""
+    width = max(int(fig.get_figwidth() * 120 / fontsize), 40)
+    lines = [textwrap.fill(t, width) for t in (title, note) if t]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
 def _colours(labels: list[str]) -> dict[str, str]:

@@ -1,5 +1,13 @@
 """Suite summaries rebuilt from run folders alone: summary.csv and a summary.md laid out like the
-paper's supplementary Tables 3-5 (and Table 1 for the splits found per seed).
+paper's supplementary Tables 3-5 (and Table 1 for the splits found per seed), and runs.csv.
+
+- `summary.csv`: one row per (task set, method); every figure as `<name>_mean` and `<name>_std`
+  over seeds (population std): total test loss, hours, energy, CO2, the optional compute and
+  communication figures a run records (`OPTIONAL_SCALARS`), Δm% against one-by-one (on the task
+  metrics, `delta_m_pct`, and on the test losses, `delta_m_loss_pct`), each task's test loss
+  (`test_loss_<t>`) and each task metric (`<t>_<metric>`, e.g. `s_miou`).
+- `runs.csv`: tidy, one row per run × task (the task's test loss and metrics, and the run's totals),
+  for analysis in pandas or R.
 
 Only `results.json` files are read, so a summary can be rebuilt at any time (`mas-flower report`,
 or after a crash), and a half-finished suite summarises what it has.
@@ -11,12 +19,13 @@ import csv
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mas_flower.metrics import delta_m
 from mas_flower.results import RESULTS_FILE
 from mas_flower.settings import SPLIT_METHODS
 
@@ -25,6 +34,10 @@ PAPER_ORDER = ("one-by-one", "fedavg", "fedprox", "gradnorm", "hoa", "tag", "mas
 ALL_IN_ONE = ("fedavg", "fedprox", "gradnorm")
 DISPLAY = {"one-by-one": "One-by-one", "fedavg": "FedAvg", "fedprox": "FedProx", "gradnorm": "GradNorm",
            "hoa": "HOA", "tag": "TAG", "mas": "MAS"}
+#: The method Δm% compares against.
+BASELINE = "one-by-one"
+#: Per-run numbers summarised when runs record them (issue 12: compute and communication).
+OPTIONAL_SCALARS = ("train_tflops", "affinity_tflops", "eval_tflops", "comm_mb_down", "comm_mb_up", "comm_mb")
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,13 @@ class Row:
     co2_g: tuple[float, float]
     tasks: dict[str, tuple[float, float]]
     splits: dict[int, list[str] | None]
+    #: `OPTIONAL_SCALARS` that every run of the row records.
+    extra: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Task letter -> metric -> (mean, std), from results.json's `test_metrics` (when every run has them).
+    metrics: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    #: Δm% against one-by-one on the task metrics and on the test losses (None without a baseline).
+    delta_m: tuple[float, float] | None = None
+    delta_m_loss: tuple[float, float] | None = None
 
 
 def find_run_dirs(path: Path) -> list[Path]:
@@ -111,6 +131,8 @@ def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Ro
     for ts, label in sorted(groups, key=key):
         group = sorted(groups[(ts, label)], key=lambda r: r.seed)
         res = [r.results for r in group]
+        baseline = groups.get((ts, BASELINE), [])
+        metrics = _metric_stats(res, ts)
         rows.append(Row(
             method=label, task_set=ts, runs=len(group),
             total=_stats(r["total_test_loss"] for r in res),
@@ -120,26 +142,112 @@ def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Ro
             co2_g=_stats(r["co2_g"] for r in res),
             tasks={t: _stats(r["test_loss"][t] for r in res) for t in ts},
             splits={r.seed: r.results.get("splits") for r in group},
+            extra={k: _stats(r[k] for r in res) for k in OPTIONAL_SCALARS if all(r.get(k) is not None for r in res)},
+            metrics=metrics,
+            delta_m=_delta_m_stats(res, baseline, ts, _run_metrics) if metrics else None,
+            delta_m_loss=_delta_m_stats(res, baseline, ts, _run_losses),
         ))
     return rows
 
 
+def _run_metrics(results: dict[str, Any], tasks: str) -> dict[str, dict[str, float]] | None:
+    found = results.get("test_metrics") or {}
+    return {t: dict(found[t]) for t in tasks} if all(t in found for t in tasks) else None
+
+
+def _run_losses(results: dict[str, Any], tasks: str) -> dict[str, dict[str, float]]:
+    return {t: {"loss": float(results["test_loss"][t])} for t in tasks}
+
+
+def _metric_stats(res: list[dict[str, Any]], tasks: str) -> dict[str, dict[str, tuple[float, float]]]:
+    per_run = [_run_metrics(r, tasks) for r in res]
+    if not per_run or any(m is None for m in per_run):
+        return {}
+    return {t: {name: _stats(m[t][name] for m in per_run) for name in per_run[0][t]} for t in tasks}
+
+
+def _delta_m_stats(res: list[dict[str, Any]], baseline: list[Run], tasks: str, values) -> tuple[float, float] | None:
+    """Δm% (`mas_flower.metrics.delta_m`) of each run against the mean of one-by-one's runs on the
+    same task set, then mean ± std over the runs; None without a baseline or its values."""
+    base_runs = [values(b.results, tasks) for b in baseline]
+    if not base_runs or any(b is None for b in base_runs):
+        return None
+    base = {t: {name: float(np.mean([b[t][name] for b in base_runs])) for name in base_runs[0][t]} for t in tasks}
+    runs = [values(r, tasks) for r in res]
+    if any(r is None for r in runs):
+        return None
+    try:
+        return _stats(delta_m(r, base) for r in runs)
+    except ValueError:  # a zero baseline: no relative change
+        return None
+
+
 def write_summary(out_dir: Path, runs: list[Run], method_order: list[str] | None = None) -> tuple[Path, Path]:
-    """Write `summary.csv` and `summary.md` into `out_dir`; return their paths."""
+    """Write `summary.csv`, `summary.md` and `runs.csv` into `out_dir`; return the first two paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarise(runs, method_order)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     letters = list(dict.fromkeys(t for row in rows for t in row.tasks))
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["method", "task_set", "runs", "total_loss_mean", "total_loss_std", "client_hours",
-                         "wall_hours", "energy_kwh", "co2_g", *(f"test_loss_{t}" for t in letters)])
+        columns = _summary_columns(rows, letters)
+        writer.writerow(["method", "task_set", "runs", *(f"{name}_{part}" for name, _ in columns
+                                                         for part in ("mean", "std"))])
         for row in rows:
-            writer.writerow([row.method, row.task_set, row.runs, _g(row.total[0]), _g(row.total[1]),
-                             _g(row.client_hours[0]), _g(row.wall_hours[0]), _g(row.energy_kwh[0]), _g(row.co2_g[0]),
-                             *(_g(row.tasks[t][0]) if t in row.tasks else "" for t in letters)])
+            cells = []
+            for _, get in columns:
+                stat = get(row)
+                cells += ["", ""] if stat is None else [_g(stat[0]), _g(stat[1])]
+            writer.writerow([row.method, row.task_set, row.runs, *cells])
+    write_runs_csv(out_dir / "runs.csv", runs)
     md_path.write_text(markdown(rows, runs))
     return csv_path, md_path
+
+
+def _summary_columns(rows: list[Row], letters: list[str]) -> list[tuple[str, Any]]:
+    """(column name, row -> (mean, std) or None) for every figure some row has."""
+    columns: list[tuple[str, Any]] = [
+        ("total_loss", lambda r: r.total), ("client_hours", lambda r: r.client_hours),
+        ("wall_hours", lambda r: r.wall_hours), ("energy_kwh", lambda r: r.energy_kwh), ("co2_g", lambda r: r.co2_g)]
+    columns += [(k, lambda r, k=k: r.extra.get(k)) for k in OPTIONAL_SCALARS if any(k in r.extra for r in rows)]
+    if any(r.delta_m is not None for r in rows):
+        columns.append(("delta_m_pct", lambda r: r.delta_m))
+    if any(r.delta_m_loss is not None for r in rows):
+        columns.append(("delta_m_loss_pct", lambda r: r.delta_m_loss))
+    columns += [(f"test_loss_{t}", lambda r, t=t: r.tasks.get(t)) for t in letters]
+    names = list(dict.fromkeys((t, m) for r in rows for t, ms in r.metrics.items() for m in ms))
+    columns += [(f"{t}_{m}", lambda r, t=t, m=m: r.metrics.get(t, {}).get(m)) for t, m in names]
+    return columns
+
+
+#: runs.csv's per-run columns (results.json keys), after run, method, task_set, seed, task, group.
+RUN_COLUMNS = ("total_test_loss", "client_train_seconds", "wall_seconds", "energy_kwh", "co2_g", *OPTIONAL_SCALARS)
+
+
+def write_runs_csv(path: Path, runs: list[Run]) -> Path:
+    """Tidy table, one row per run × task: run folder, method label, task set, seed, task, the groups
+    that held the task (space-separated; empty for methods that do not split), its test loss, each
+    task metric (empty where the task has no such metric), and the run's totals (`RUN_COLUMNS`)."""
+    metric_names = list(dict.fromkeys(m for run in runs for ms in (run.results.get("test_metrics") or {}).values()
+                                      for m in ms))
+    ordered = sorted(runs, key=lambda r: (r.task_set, method_sort_key(r.label), r.label, r.seed, r.path.name))
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "method", "task_set", "seed", "task", "group", "test_loss", *metric_names,
+                         *RUN_COLUMNS])
+        for run in ordered:
+            res, found = run.results, run.results.get("test_metrics") or {}
+            groups = res.get("splits") or []
+            for t in run.task_set:
+                writer.writerow([
+                    run.path.name, run.label, run.task_set, run.seed, t, " ".join(g for g in groups if t in g),
+                    _g(res["test_loss"][t]), *(_cell(found.get(t, {}).get(m)) for m in metric_names),
+                    *(_cell(res.get(k)) for k in RUN_COLUMNS)])
+    return path
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else _g(float(value))
 
 
 def markdown(rows: list[Row], runs: list[Run]) -> str:
@@ -152,18 +260,35 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
     if estimated:
         lines.append(f"Energy is an **estimate**, not a measurement, in {len(estimated)} of {len(runs)} runs "
                      f"(e.g. {estimated[0].path.name}: {estimated[0].results.get('energy_method')}).")
+    if any(row.delta_m_loss is not None or row.delta_m is not None for row in rows):
+        lines.append("Δm% (Maninis et al., CVPR 2019): the mean over tasks of each task's signed relative change "
+                     f"against {BASELINE} (mean of its seeds), positive = better; on the task metrics and on the "
+                     "test losses; mean ± std over seeds.")
     for ts in dict.fromkeys(row.task_set for row in rows):
         part = [row for row in rows if row.task_set == ts]
+        optional = [(head, get) for head, get in (
+            ("Δm% metrics", lambda r: r.delta_m), ("Δm% loss", lambda r: r.delta_m_loss),
+            ("Train TFLOPs", lambda r: r.extra.get("train_tflops")), ("Comm (MB)", lambda r: r.extra.get("comm_mb")),
+        ) if any(get(row) is not None for row in part)]
         lines += ["", f"## Task set `{ts}`", "",
-                  "| Method | Runs | Total Loss | Time (h) | Wall (h) | Energy (kWh) | CO2eq (g) | "
-                  + " | ".join(ts) + " |",
-                  "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(ts)]
+                  "| Method | Runs | Total Loss | " + "".join(f"{head} | " for head, _ in optional)
+                  + "Time (h) | Wall (h) | Energy (kWh) | CO2eq (g) | " + " | ".join(ts) + " |",
+                  "|---|---:|---:|" + "---:|" * (len(optional) + 4 + len(ts))]
         for row in part:
-            cells = [display_name(row.method), str(row.runs), _pm(row.total), _pm(row.client_hours),
-                     _pm(row.wall_hours), _pm(row.energy_kwh), _pm(row.co2_g), *(_pm(row.tasks[t]) for t in ts)]
+            cells = [display_name(row.method), str(row.runs), _pm(row.total),
+                     *(_pm(stat) if (stat := get(row)) is not None else "" for _, get in optional),
+                     _pm(row.client_hours), _pm(row.wall_hours), _pm(row.energy_kwh), _pm(row.co2_g),
+                     *(_pm(row.tasks[t]) for t in ts)]
             lines.append("| " + " | ".join(cells) + " |")
         if any(row.method in ALL_IN_ONE for row in part):
             lines += ["", r"\* All-in-one methods"]
+        names = list(dict.fromkeys((t, m) for row in part for t, ms in row.metrics.items() for m in ms))
+        if names:
+            lines += ["", f"### Task metrics on `{ts}` (test set)", "",
+                      "| Method | " + " | ".join(f"{t} {m}" for t, m in names) + " |", "|---|" + "---:|" * len(names)]
+            for row in part:
+                cells = [_pm(row.metrics[t][m]) if m in row.metrics.get(t, {}) else "" for t, m in names]
+                lines.append(f"| {display_name(row.method)} | " + " | ".join(cells) + " |")
         split_rows = [row for row in part if any(s for s in row.splits.values())]
         if split_rows:
             seeds = sorted({s for row in split_rows for s in row.splits})

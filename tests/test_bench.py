@@ -138,7 +138,7 @@ def test_summary_means_std_and_order_from_run_folders(tmp_path: Path) -> None:
     table = list(csv.DictReader(csv_path.open()))
     assert [(r["method"], r["task_set"], r["runs"]) for r in table] == [("fedavg", "sdk", "2"), ("mas-2", "sdk", "2")]
     assert float(table[1]["total_loss_mean"]) == 2.0 and float(table[1]["total_loss_std"]) == 1.0
-    assert float(table[0]["test_loss_s"]) == 1.5 and float(table[1]["client_hours"]) == 1.5
+    assert float(table[0]["test_loss_s_mean"]) == 1.5 and float(table[1]["client_hours_mean"]) == 1.5
     md = md_path.read_text()
     assert "| FedAvg\\* | 2 | 3.00 ± 1.00 |" in md and "| MAS-2 | 2 | 2.00 ± 1.00 |" in md
     assert "| MAS-2 | `sd,k` | `s,dk` |" in md  # the splits per seed, like Table 1
@@ -162,8 +162,8 @@ def test_tiny_suite_runs_and_summarises(private_homes, tmp_path_factory: pytest.
     for row, name in zip(table, TINY_RUNS, strict=True):
         assert float(row["total_loss_mean"]) == pytest.approx(results[name]["total_test_loss"], rel=1e-5)
         assert float(row["total_loss_std"]) == 0.0
-        assert float(row["test_loss_k"]) == pytest.approx(results[name]["test_loss"]["k"], rel=1e-5)
-        assert float(row["client_hours"]) == pytest.approx(results[name]["client_train_seconds"] / 3600, rel=1e-5)
+        assert float(row["test_loss_k_mean"]) == pytest.approx(results[name]["test_loss"]["k"], rel=1e-5)
+        assert float(row["client_hours_mean"]) == pytest.approx(results[name]["client_train_seconds"] / 3600, rel=1e-5)
     md = (out / "summary.md").read_text()
     assert md.index("| FedAvg\\* | 1 |") < md.index("| MAS-2 | 1 |")
     assert f"| MAS-2 | `{','.join(results['mas-x2-sdk-seed0']['splits'])}` |" in md

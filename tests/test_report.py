@@ -1,4 +1,4 @@
-"""`mas-flower report`: the four kinds of PNG figures from a real tiny suite, from run and suite folders."""
+"""`mas-flower report`: the five kinds of PNG figures from a real tiny suite, from run and suite folders."""
 
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ def test_report_of_a_suite_folder(private_homes, tmp_path_factory: pytest.TempPa
     assert main(["report", str(suite)]) == 0
     written = [Path(line) for line in capsys.readouterr().out.split()]
     names = sorted(p.name for p in written)
-    assert names == ["affinity-matrix-sdk-mas-2.png", "affinity-rounds-sdk-mas-2.png", "loss-vs-energy.png",
-                     "validation-loss.png"]
+    assert names == ["affinity-matrix-sdk-mas-2.png", "affinity-rounds-sdk-mas-2.png", "cogrouping-sdk.png",
+                     "loss-vs-energy.png", "validation-loss.png"]
     assert all(p.parent == suite / "figures" for p in written)
     for path in written:
         _check_png(path)
     assert (suite / "figures" / "summary.csv").read_text() == (suite / "summary.csv").read_text()
+    assert (suite / "figures" / "runs.csv").read_text() == (suite / "runs.csv").read_text()
 
 
 def test_report_of_run_folders(private_homes, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
@@ -39,7 +40,7 @@ def test_report_of_run_folders(private_homes, tmp_path_factory: pytest.TempPathF
     fedavg = make_report([suite / "runs" / "fedavg-sdk-seed0"], tmp_path / "a")
     assert sorted(p.name for p in fedavg) == ["loss-vs-energy.png", "validation-loss.png"]  # no affinity measured
     both = make_report([suite / "runs" / "fedavg-sdk-seed0", suite / "runs" / "mas-x2-sdk-seed0"], tmp_path / "b")
-    assert len(both) == 4
+    assert len(both) == 5  # and the co-grouping of MAS-2's one seed
     for path in fedavg + both:
         _check_png(path)
 

@@ -11,6 +11,16 @@ TAG's implementations. Only the weights' gradient uses L_grad; the network never
 W is the encoder's last parameterised layer (the last encoder parameter with at least two
 dimensions: a convolution or linear weight), or with `shared="rep"` the shared representation
 (cheaper; then the trainer must pass `rep`).
+
+How this differs from the reference code (the MAS authors' released code, which the paper's
+"GradNorm" rows come from; see the fidelity audit, shared/audit-2026-11.md): there the weights
+never change. Its update takes a `statistics.mean` over a list of tensors, which raises, and a bare
+`except: pass` around the update swallows the error, so every step trains on the unweighted sum of
+the losses (with the network's 1/√n gradient scale at the representation, and fp16 representation
+gradients). Its "GradNorm" is therefore equal weighting. Ours is Chen et al.'s algorithm as above:
+the weights do move (Adam on w, L(0) taken at the first step this object sees, w also scaling each
+decoder's gradient through Σ w_i L_i). Our GradNorm rows are therefore not expected to match the
+paper's; our `fedavg` (equal weighting) is the closest to the paper's GradNorm row.
 """
 
 from __future__ import annotations
@@ -60,7 +70,8 @@ class GradNorm(Weighting):
         return self.w
 
     def backward(self, losses: Mapping[str, Tensor], net: nn.Module, rep: Tensor | None = None) -> Tensor:
-        task_losses = torch.stack(self._ordered(losses))
+        ordered = self._ordered(losses)
+        task_losses = torch.stack(ordered)
         w = self._ensure_state(task_losses.device)
         if self.shared == "rep":
             if rep is None:
@@ -68,9 +79,10 @@ class GradNorm(Weighting):
             layer = rep
         else:
             layer = last_shared_weight(net)
+        # Each task's gradient from its own loss tensor, not from `task_losses[i]`: through the stack,
+        # autograd would also run every other decoder's backward (with zero gradients), n times the work.
         norms = torch.stack([
-            torch.autograd.grad(task_losses[i], layer, retain_graph=True)[0].float().norm()
-            for i in range(len(self.tasks))
+            torch.autograd.grad(loss, layer, retain_graph=True)[0].float().norm() for loss in ordered
         ])
         detached = task_losses.detach()
         if self.initial is None:

@@ -1,0 +1,138 @@
+"""summary.csv (a std for every mean, Δm% against one-by-one), runs.csv, the co-grouping matrix and
+the report's shared affinity scale, from hand-written results.json files (no simulation)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mas_flower.report import affinity_scale, cogrouping, make_report, provenance, task_order
+from mas_flower.results import RESULTS_FILE
+from mas_flower.summary import load_runs, summarise, write_summary
+
+CONFIG = {"model": "tiny", "image-size": 32, "num-rounds": 4, "merge-rounds": 3, "clients-per-round": 2,
+          "local-epochs": 1, "batch-size": 4, "lr": 0.1, "affinity-rounds": 2, "affinity-every": 1}
+#: one-by-one's test loss and metrics per seed: the baseline of Δm%
+BASE_LOSS = {0: {"s": 1.0, "d": 1.0, "k": 0.5}, 1: {"s": 3.0, "d": 1.0, "k": 0.5}}
+BASE_METRICS = {0: {"s": {"miou": 0.4, "pixel_acc": 0.8}, "d": {"abs_rel": 0.2, "rmse_m": 1.0}, "k": {"l1": 0.5}},
+                1: {"s": {"miou": 0.6, "pixel_acc": 0.8}, "d": {"abs_rel": 0.2, "rmse_m": 1.0}, "k": {"l1": 0.5}}}
+MAS_LOSS = {0: {"s": 1.0, "d": 1.5, "k": 0.5}, 1: {"s": 2.0, "d": 0.5, "k": 0.5}}
+MAS_METRICS = {0: {"s": {"miou": 0.55, "pixel_acc": 0.88}, "d": {"abs_rel": 0.25, "rmse_m": 1.0}, "k": {"l1": 0.5}},
+               1: {"s": {"miou": 0.5, "pixel_acc": 0.8}, "d": {"abs_rel": 0.1, "rmse_m": 0.9}, "k": {"l1": 0.5}}}
+MAS_GROUPS = {0: ["sd", "k"], 1: ["s", "dk"], 2: ["sd", "k"]}
+
+
+def _write_run(suite: Path, name: str, **results: object) -> None:
+    run = suite / "runs" / name
+    run.mkdir(parents=True)
+    loss = results["test_loss"]
+    (run / RESULTS_FILE).write_text(json.dumps({
+        "task_set": "sdk", "splits": None, "total_test_loss": sum(loss.values()), "client_train_seconds": 7200.0,
+        "wall_seconds": 3600.0, "energy_kwh": 0.1, "co2_g": 20.0, "energy_estimated": False, "affinity": None,
+        "history": [{"round": 1, "phase": "train", "federations": {"all": {"val_loss": loss}}}],
+        "config": {**CONFIG, "splits": 2}, **results}))
+
+
+def _affinity(seed: int, scale: float) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"tasks": "sdk", "matrix": (rng.uniform(-1, 1, (3, 3)) * scale).tolist()}
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    root = tmp_path / "quick-sdk"
+    for seed in (0, 1):
+        _write_run(root, f"one-by-one-sdk-seed{seed}", method="one-by-one", seed=seed, test_loss=BASE_LOSS[seed],
+                   test_metrics=BASE_METRICS[seed], train_tflops=3.0 + seed, eval_tflops=0.5)
+        _write_run(root, f"fedavg-sdk-seed{seed}", method="fedavg", seed=seed, test_loss=BASE_LOSS[seed])  # older run
+    for seed in (0, 1, 2):
+        loss, metrics = MAS_LOSS.get(seed, MAS_LOSS[0]), MAS_METRICS.get(seed, MAS_METRICS[0])
+        affinity = _affinity(seed, 0.5 + seed)
+        history = [{"round": r, "phase": "merge", "federations": {"all": {"val_loss": loss,
+                                                                          "affinity": affinity["matrix"]}}}
+                   for r in (1, 2)]
+        _write_run(root, f"mas-x2-sdk-seed{seed}", method="mas", seed=seed, test_loss=loss, test_metrics=metrics,
+                   splits=MAS_GROUPS[seed], affinity=affinity, history=history, train_tflops=1.5, eval_tflops=0.2)
+    return root
+
+
+def test_summary_has_a_std_for_every_mean_and_delta_m_against_one_by_one(suite: Path) -> None:
+    runs = [r for r in load_runs([suite]) if not (r.label == "mas-2" and r.seed == 2)]  # 2 seeds each
+    rows = {row.method: row for row in summarise(runs)}
+    # Δm% on the losses, by hand: one-by-one's mean is s 2.0, d 1.0, k 0.5. MAS seed 0: s +50 %,
+    # d −50 %, k 0 -> 0 %; seed 1: s 0, d +50 %, k 0 -> 16.67 %.
+    assert rows["mas-2"].delta_m_loss == pytest.approx((50 / 6, 50 / 6))
+    # on the metrics (baseline miou 0.5, pixel_acc 0.8, abs_rel 0.2, rmse 1.0, l1 0.5). Seed 0:
+    # s (+10 % + 10 %)/2 = 0.1, d (−25 % + 0)/2 = −0.125, k 0 -> −0.8333 %; seed 1: s 0,
+    # d (+50 % + 10 %)/2 = 0.3, k 0 -> 10 %.
+    seed0, seed1 = 100 * (0.1 - 0.125) / 3, 100 * 0.3 / 3
+    assert rows["mas-2"].delta_m == pytest.approx(((seed0 + seed1) / 2, abs(seed1 - seed0) / 2))
+    # the baseline against its own mean: 0 on average (seed 0: s +50 % -> +16.67 %; seed 1: −16.67 %)
+    assert rows["one-by-one"].delta_m_loss == pytest.approx((0.0, 50 / 3), abs=1e-9)
+    assert rows["fedavg"].delta_m is None and rows["fedavg"].delta_m_loss == pytest.approx((0.0, 50 / 3))
+    assert rows["mas-2"].metrics["s"]["miou"] == pytest.approx((0.525, 0.025))
+    assert rows["mas-2"].extra == {"train_tflops": (1.5, 0.0), "eval_tflops": (0.2, 0.0)}
+
+    csv_path, md_path = write_summary(suite, runs)
+    table = {r["method"]: r for r in csv.DictReader(csv_path.open())}
+    columns = list(next(iter(table.values())))
+    means = [c for c in columns if c.endswith("_mean")]
+    assert means and all(c.removesuffix("_mean") + "_std" in columns for c in means)
+    assert len(means) + len([c for c in columns if c.endswith("_std")]) + 3 == len(columns)
+    for name in ("delta_m_pct", "delta_m_loss_pct", "train_tflops", "eval_tflops", "s_miou", "d_rmse_m", "k_l1",
+                 "test_loss_d", "client_hours", "energy_kwh"):
+        assert f"{name}_mean" in columns, name
+    one = table["one-by-one"]
+    assert float(one["train_tflops_mean"]) == 3.5 and float(one["train_tflops_std"]) == 0.5
+    assert float(table["mas-2"]["delta_m_loss_pct_mean"]) == pytest.approx(50 / 6, rel=1e-5)
+    assert table["fedavg"]["delta_m_pct_mean"] == "" and table["fedavg"]["s_miou_mean"] == ""
+    md = md_path.read_text()
+    assert "Δm% metrics" in md and "### Task metrics on `sdk`" in md and "Maninis" in md
+
+
+def test_runs_csv_has_one_row_per_run_and_task(suite: Path) -> None:
+    runs = load_runs([suite])
+    write_summary(suite, runs)
+    rows = list(csv.DictReader((suite / "runs.csv").open()))
+    assert len(rows) == len(runs) * 3 == 21
+    assert len({(r["run"], r["task"]) for r in rows}) == 21
+    mas1 = {r["task"]: r for r in rows if r["run"] == "mas-x2-sdk-seed1"}
+    assert [mas1[t]["group"] for t in "sdk"] == ["s", "dk", "dk"]
+    assert float(mas1["d"]["test_loss"]) == 0.5 and float(mas1["d"]["abs_rel"]) == 0.1 and mas1["d"]["miou"] == ""
+    assert float(mas1["s"]["miou"]) == 0.5 and float(mas1["k"]["total_test_loss"]) == 3.0
+    fedavg = [r for r in rows if r["method"] == "fedavg"]
+    assert all(r["group"] == "" and r["l1"] == "" and r["train_tflops"] == "" for r in fedavg)
+
+
+def test_cogrouping_frequencies_and_shared_affinity_scale(suite: Path, tmp_path: Path) -> None:
+    runs = load_runs([suite])
+    groups: dict = {}
+    for run in runs:
+        groups.setdefault((run.task_set, run.label), []).append(run)
+    freq, n = cogrouping(groups)[("sdk", "mas-2")]
+    # seeds: sd,k / s,dk / sd,k -> s-d together in 2 of 3, d-k in 1 of 3, s-k never
+    assert n == 3 and list(cogrouping(groups)) == [("sdk", "mas-2")]
+    assert freq == pytest.approx(np.array([[1, 2 / 3, 0], [2 / 3, 1, 1 / 3], [0, 1 / 3, 1]]))
+    largest = max(np.abs(np.array(_affinity(s, 0.5 + s)["matrix"]))[~np.eye(3, dtype=bool)].max() for s in (0, 1, 2))
+    assert affinity_scale(runs) == pytest.approx(largest)
+    assert task_order("kds") == "sdk"
+    note = provenance(runs)
+    assert note.startswith("suite quick-sdk · tiny, 32 px, R=4, R0=3, K=2, E=1, batch 4") and "seeds 0,1,2" in note
+
+    written = make_report([suite], tmp_path / "figures")
+    names = sorted(p.name for p in written)
+    assert names == ["affinity-matrix-sdk-mas-2.png", "affinity-rounds-sdk-mas-2.png", "cogrouping-sdk.png",
+                     "loss-vs-energy.png", "validation-loss.png"]
+    for path in written:
+        with Image.open(path) as image:
+            image.load()
+            assert image.size[0] >= 400 and image.size[1] >= 250
+    table = list(csv.DictReader((tmp_path / "figures" / "cogrouping.csv").open()))
+    assert [(r["task_i"], r["task_j"], r["together"], r["runs"]) for r in table] == [
+        ("s", "d", "2", "3"), ("s", "k", "0", "3"), ("d", "k", "1", "3")]
+    assert (tmp_path / "figures" / "runs.csv").is_file()
