@@ -179,3 +179,46 @@ def test_accumulator_skips_non_finite():
     np.testing.assert_array_equal(acc.mean(), 2 * np.ones((2, 2)))
     with pytest.raises(ValueError, match="shape"):
         acc.add(np.ones((3, 3)))
+
+
+def _direct_first_order(net, batch, wd: float) -> np.ndarray:
+    """Z[i,j] = ⟨∇L_i + λθ, ∇L_j⟩ / L_j with true derivatives, one task at a time (no shared graph)."""
+    tasks = net.tasks
+    params = [p for p in net.encoder.parameters() if p.requires_grad]
+    model_grads, losses = [], []
+    for c in tasks:
+        model = copy.deepcopy(net)
+        loss = task_losses(model(batch["rgb"]), batch, tasks)[c]
+        grads = torch.autograd.grad(loss, [p for p in model.encoder.parameters() if p.requires_grad],
+                                    allow_unused=True)
+        model_grads.append([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)])
+        losses.append(loss.item())
+    # `.grad` carries the 1/√n scaling of the representation's gradient: undo it for ∇L_j.
+    scale = float(net.grad_scale)
+    n = len(tasks)
+    z = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            dot = sum(float(((gi + wd * p.detach()) * (gj / scale)).double().sum())
+                      for gi, gj, p in zip(model_grads[i], model_grads[j], params, strict=True))
+            z[i, j] = dot / losses[j]
+    return z
+
+
+@pytest.mark.parametrize("mode", ["exact", "first_order"])
+def test_weight_decay_term_of_the_virtual_step(mode):
+    """θ − η(∇L_i + λθ), not θ − η∇L_i: with a large λ the decay term moves Z well beyond tolerance.
+
+    First order runs in eval mode: with batch statistics, convolutions before batch norm are
+    scale-invariant, so ⟨θ, ∇L_j⟩ ≈ 0 and the decay term would vanish from Z whether present or not.
+    """
+    net, batch = _net(), _batch()
+    if mode == "first_order":
+        net.eval()
+    wd = 0.5
+    z = batch_affinity(net, batch, lr=0.1 if mode == "exact" else 1e-3, weight_decay=wd, mode=mode)
+    without = batch_affinity(net, batch, lr=0.1 if mode == "exact" else 1e-3, weight_decay=0.0, mode=mode)
+    direct = _direct_affinity(net, batch, lr=0.1, wd=wd) if mode == "exact" else _direct_first_order(net, batch, wd)
+    gap = np.abs(z - without).max()
+    assert gap > 1e-2  # λ matters here, so dropping it cannot hide in the tolerance
+    np.testing.assert_allclose(z, direct, rtol=1e-4, atol=1e-4 * gap)
