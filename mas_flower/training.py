@@ -134,10 +134,11 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} must be one of {', '.join(PRECISIONS)}")
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    # Native bf16 only (Ampere and later): emulated bf16 on older GPUs is slower than float32.
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "auto":
         return "bf16" if cuda_bf16 else "fp32"
-    if precision == "bf16" and device.type == "cuda" and not cuda_bf16:
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"precision='bf16' but {torch.cuda.get_device_name(device)} has no bf16 support")
     return precision
 
