@@ -5,6 +5,11 @@ building through `--node-config`, the run goes through `flwr run` to the SuperLi
 the final status is read back with `flwr ls` (`flwr run --stream` exits 0 even when the ServerApp
 crashed). Flower is only driven through its executables, never imported. Every process started,
 and everything those spawn, is stopped at the end: on success, failure, timeout, Ctrl-C or SIGTERM.
+
+With `tls`, a throw-away CA and server certificate (mas_flower.security) secure every connection to
+the SuperLink. With `auth` (implies `tls`), the SuperLink only admits SuperNodes whose public keys were
+registered with `flwr supernode register`; to prove it, one extra SuperNode with an unregistered key is
+started too and must be refused before the run begins.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +37,7 @@ import tomllib
 from mas_flower.data import list_buildings
 from mas_flower.processes import ProcessSet, Started
 from mas_flower.results import RESULTS_FILE, fresh_dir
+from mas_flower.security import NodeKey, TlsFiles, make_node_key, make_tls
 from mas_flower.settings import Settings, home
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -64,6 +71,8 @@ class Plan:
     data_root: Path
     buildings: list[str]  # node i holds buildings[i]
     output_root: Path
+    tls: bool = False
+    auth: bool = False  # SuperNode authentication (needs TLS)
 
 
 @dataclass
@@ -79,22 +88,26 @@ class DeployResult:
     pids: list[int] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     survivors: list[int] = field(default_factory=list)
+    registered: list[int] = field(default_factory=list)  # node ids of the registered keys (with auth)
+    refused_exit_code: int | None = None  # how the SuperNode with an unregistered key ended (with auth)
 
 
 def deploy_local(nodes: int, run_config: str = "", data_root: str = "", base_port: int = 0,
-                 timeout: float = 3600.0) -> int:
+                 timeout: float = 3600.0, tls: bool = False, auth: bool = False) -> int:
     """Run the app on a local SuperLink + `nodes` SuperNodes; exit code 0 only for `finished:completed`."""
-    return run_deployment(nodes, run_config, data_root, base_port, timeout).exit_code
+    return run_deployment(nodes, run_config, data_root, base_port, timeout, tls=tls, auth=auth).exit_code
 
 
 def run_deployment(nodes: int, run_config: str = "", data_root: str = "", base_port: int = 0,
-                   timeout: float = 3600.0, grace: float = GRACE_SECONDS, out: TextIO | None = None) -> DeployResult:
-    """Start, run, stop; bad input raises ValueError before any process starts."""
+                   timeout: float = 3600.0, grace: float = GRACE_SECONDS, out: TextIO | None = None,
+                   tls: bool = False, auth: bool = False) -> DeployResult:
+    """Start, run, stop; bad input raises ValueError before any process starts. `auth` implies `tls`."""
     out = out or sys.stdout
     if timeout <= 0:
         raise ValueError(f"timeout={timeout} must be positive")
     plan = plan_deployment(nodes, run_config, data_root)
-    ports = pick_ports(nodes + 1, base_port)
+    plan.tls, plan.auth = tls or auth, auth
+    ports = pick_ports(nodes + 1 + int(auth), base_port)  # the last one: the unregistered node's
     deploy_dir = fresh_dir(plan.output_root / "deployments" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     procs = ProcessSet(deploy_dir / "pids.json")
     procs.set_phase("starting", deploy_dir=str(deploy_dir), ports=ports, started_at=time.time())
@@ -237,11 +250,27 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def write_connection(flwr_home: Path, port: int) -> None:
-    """`$FLWR_HOME/config.toml` with one insecure connection to the SuperLink, the default."""
+def write_connection(flwr_home: Path, port: int, ca: Path | None = None) -> None:
+    """`$FLWR_HOME/config.toml` with one connection to the SuperLink, the default: TLS trusting `ca`,
+    else insecure."""
+    security = f"root-certificates = {json.dumps(str(ca))}" if ca else "insecure = true"
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+        f'address = "127.0.0.1:{port}"\n{security}\n')
+
+
+def superlink_security(certs: TlsFiles | None, auth: bool) -> list[str]:
+    """`flower-superlink` flags: its certificate and CA with TLS (plus node authentication), else --insecure."""
+    if certs is None:
+        return ["--insecure"]
+    flags = ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.cert), "--ssl-keyfile", str(certs.key)]
+    return [*flags, "--enable-supernode-auth"] if auth else flags
+
+
+def supernode_security(certs: TlsFiles | None, key: NodeKey | None) -> list[str]:
+    """`flower-supernode` flags: the CA to trust with TLS (else --insecure) and the node's private key."""
+    flags = ["--root-certificates", str(certs.ca)] if certs else ["--insecure"]
+    return [*flags, "--auth-supernode-private-key", str(key.private)] if key else flags
 
 
 def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, result: DeployResult,
@@ -250,28 +279,38 @@ def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, re
     logs = deploy_dir / "logs"
     flwr_home = deploy_dir / "flwr-home"
     env = flower_env(flwr_home)
-    write_connection(flwr_home, ports[0])
-    link = procs.start("superlink", [flower_bin("flower-superlink"), "--insecure",
+    certs = make_tls(deploy_dir / "certs") if plan.tls else None
+    write_connection(flwr_home, ports[0], certs.ca if certs else None)
+    link = procs.start("superlink", [flower_bin("flower-superlink"), *superlink_security(certs, plan.auth),
                                      "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
                                      "--port", str(ports[0])],
                        env, logs / "superlink.log", deploy_dir, port=ports[0])
-    _say(out, f"SuperLink 127.0.0.1:{ports[0]} (pid {link.pid})")
+    scheme = "https" if certs else "http"
+    _say(out, f"SuperLink {scheme}://127.0.0.1:{ports[0]} (pid {link.pid})"
+         + (f"; throw-away CA and certificate in {certs.ca.parent}" if certs else ""))
     startup = min(deadline, time.monotonic() + STARTUP_SECONDS)
-    _wait(lambda: _healthy(ports[0]), procs, startup, f"the SuperLink to answer on 127.0.0.1:{ports[0]}")
+    _wait(lambda: _healthy(ports[0], certs.ca if certs else None), procs, startup,
+          f"the SuperLink to answer on {scheme}://127.0.0.1:{ports[0]}")
+    keys = [_registered_key(deploy_dir, i, env, result) for i in range(len(plan.buildings))] if plan.auth else []
     # The nodes share this machine: split its cores between them, as the simulation's per-client CPUs do
     # (the ClientApp sizes torch's threads by OMP_NUM_THREADS), unless the caller already chose.
     threads = str(max(1, (os.cpu_count() or 1) // len(plan.buildings)))
-    for i, (building, port) in enumerate(zip(plan.buildings, ports[1:], strict=True)):
+    for i, (building, port) in enumerate(zip(plan.buildings, ports[1:len(plan.buildings) + 1], strict=True)):
         node_env = flower_env(deploy_dir / f"node-{i}" / "flwr-home")
         node_env.setdefault("OMP_NUM_THREADS", threads)
         node_config = f"building={toml_string(building)} data-root={toml_string(str(plan.data_root))}"
-        node = procs.start(f"supernode-{i}", [flower_bin("flower-supernode"), "--insecure",
+        node = procs.start(f"supernode-{i}", [flower_bin("flower-supernode"),
+                                              *supernode_security(certs, keys[i] if keys else None),
                                               "--superlink", f"127.0.0.1:{ports[0]}", "--node-config", node_config,
                                               "--host", "127.0.0.1", "--port", str(port)],
                            node_env, logs / f"supernode-{i}-{building}.log", deploy_dir, building=building, port=port)
         _say(out, f"SuperNode {i}: building {building}, runtime API 127.0.0.1:{port} (pid {node.pid})")
     want = len(plan.buildings)
-    _wait(lambda: online_nodes(env) >= want, procs, startup, f"{want} SuperNodes to connect")
+    intruder = _start_unregistered(plan, procs, certs, ports, deploy_dir, out) if plan.auth else None
+    ignore = (intruder,) if intruder else ()
+    _wait(lambda: len(online_node_ids(env)) >= want, procs, startup, f"{want} SuperNodes to connect", ignore=ignore)
+    if intruder is not None:
+        _check_refused(intruder, procs, startup, env, result, out)
     procs.set_phase("running")
     _say(out, f"{want} SuperNodes connected; flwr run --run-config {plan.run_config!r}")
     run = procs.start("flwr-run", [flower_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--stream",
@@ -280,7 +319,7 @@ def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, re
     seen: dict[str, str] = {}
     reader = threading.Thread(target=_relay, args=(run, out, seen), daemon=True)
     reader.start()
-    _wait(run.exited, procs, deadline, "the run to finish", ignore=run)
+    _wait(run.exited, procs, deadline, "the run to finish", ignore=(run, *ignore))
     reader.join(timeout=10)
     if "run_id" not in seen:
         raise DeployError(f"`flwr run` exited with code {run.popen.returncode} without starting a run")
@@ -308,11 +347,12 @@ def _relay(run: Started, out: TextIO, seen: dict[str, str]) -> None:
                 seen["results"] = m.group(1)
 
 
-def _wait(done: Any, procs: ProcessSet, deadline: float, what: str, ignore: Started | None = None) -> None:
-    """Poll `done()` until true; fail fast, naming the process and its log, if a started process exits."""
+def _wait(done: Any, procs: ProcessSet, deadline: float, what: str, ignore: tuple[Started, ...] = ()) -> None:
+    """Poll `done()` until true; fail fast, naming the process and its log, if a started process
+    (other than those in `ignore`) exits."""
     while True:
         for proc in procs.started:
-            if proc is not ignore and proc.exited():
+            if proc not in ignore and proc.exited():
                 raise DeployError(f"{proc.name} (pid {proc.pid}{_describe(proc)}) exited with code "
                                   f"{proc.popen.returncode} while waiting for {what}; last lines of {proc.log}:\n"
                                   f"{tail(proc.log)}")
@@ -328,9 +368,12 @@ def _describe(proc: Started) -> str:
     return "".join(f", {k} {v}" for k, v in proc.info.items())
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, ca: Path | None = None) -> bool:
+    """The SuperLink answers /health (over HTTPS, verified against `ca`, when given)."""
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}/health"
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+        with urllib.request.urlopen(url, timeout=2, context=context) as reply:
             return 200 <= reply.status < 300
     except OSError:
         return False
@@ -351,13 +394,54 @@ def _flwr_json(args: list[str], env: dict[str, str], timeout: float = 60.0) -> d
                           f"{(text + done.stderr)[-2000:]}") from err
 
 
-def online_nodes(env: dict[str, str]) -> int:
-    """How many SuperNodes the SuperLink sees online (0 while it cannot be asked)."""
+def online_node_ids(env: dict[str, str]) -> set[int]:
+    """The ids of the SuperNodes the SuperLink sees online (none while it cannot be asked)."""
     try:
         reply = _flwr_json(["supernode", "list"], env)
     except DeployError:
-        return 0
-    return sum(1 for node in reply.get("nodes", []) if node.get("status") == "online")
+        return set()
+    return {int(node["node-id"]) for node in reply.get("nodes", []) if node.get("status") == "online"}
+
+
+# Node authentication ---------------------------------------------------------------------------------
+
+def _registered_key(deploy_dir: Path, index: int, env: dict[str, str], result: DeployResult) -> NodeKey:
+    """A fresh key pair for SuperNode `index`, its public key registered with the SuperLink."""
+    key = make_node_key(deploy_dir / "keys" / f"supernode-{index}")
+    reply = _flwr_json(["supernode", "register", str(key.public)], env)
+    if not reply.get("success") or "node-id" not in reply:
+        raise DeployError(f"`flwr supernode register {key.public}` failed: {reply}")
+    result.registered.append(int(reply["node-id"]))
+    return key
+
+
+def _start_unregistered(plan: Plan, procs: ProcessSet, certs: TlsFiles | None, ports: list[int],
+                        deploy_dir: Path, out: TextIO) -> Started:
+    """A SuperNode that trusts the CA and claims building 0, but whose key nobody registered."""
+    key = make_node_key(deploy_dir / "keys" / "unregistered")
+    node_config = f"building={toml_string(plan.buildings[0])} data-root={toml_string(str(plan.data_root))}"
+    node = procs.start("unregistered-supernode", [flower_bin("flower-supernode"), *supernode_security(certs, key),
+                                                  "--superlink", f"127.0.0.1:{ports[0]}", "--node-config", node_config,
+                                                  "--host", "127.0.0.1", "--port", str(ports[-1])],
+                       flower_env(deploy_dir / "unregistered" / "flwr-home"),
+                       deploy_dir / "logs" / "unregistered-supernode.log", deploy_dir)
+    _say(out, f"authentication check: a SuperNode with an unregistered key (pid {node.pid}) must be refused")
+    return node
+
+
+def _check_refused(intruder: Started, procs: ProcessSet, deadline: float, env: dict[str, str],
+                   result: DeployResult, out: TextIO) -> None:
+    """The unregistered SuperNode exited and only registered node ids are online, else DeployError."""
+    _wait(intruder.exited, procs, deadline, "the SuperNode with an unregistered key to be refused",
+          ignore=(intruder,))
+    online = online_node_ids(env)
+    if intruder.popen.returncode == 0 or not online <= set(result.registered):
+        raise DeployError(f"node authentication is not enforced: the unregistered SuperNode exited with code "
+                          f"{intruder.popen.returncode}, online node ids {sorted(online)}, registered "
+                          f"{result.registered}; last lines of {intruder.log}:\n{tail(intruder.log)}")
+    result.refused_exit_code = intruder.popen.returncode
+    _say(out, f"authentication check passed: the unregistered SuperNode was refused (exit code "
+         f"{intruder.popen.returncode}); online: the {len(online)} registered node ids {sorted(online)}")
 
 
 def final_status(run_id: int, env: dict[str, str]) -> str:
