@@ -268,8 +268,13 @@ def superlink_security(certs: TlsFiles | None, auth: bool) -> list[str]:
 
 
 def supernode_security(certs: TlsFiles | None, key: NodeKey | None) -> list[str]:
-    """`flower-supernode` flags: the CA to trust with TLS (else --insecure) and the node's private key."""
-    flags = ["--root-certificates", str(certs.ca)] if certs else ["--insecure"]
+    """`flower-supernode` flags: with TLS, the CA to trust and a certificate for the node's own runtime API
+    (which its SuperExec dials on 127.0.0.1), else --insecure; and the node's private key."""
+    if certs is None:
+        flags = ["--insecure"]
+    else:
+        flags = ["--root-certificates", str(certs.ca), "--ssl-certfile", str(certs.cert), "--ssl-keyfile",
+                 str(certs.key), "--ssl-ca-certfile", str(certs.ca)]
     return [*flags, "--auth-supernode-private-key", str(key.private)] if key else flags
 
 
