@@ -437,10 +437,11 @@ def _start_unregistered(plan: Plan, procs: ProcessSet, certs: TlsFiles | None, p
 def _check_refused(intruder: Started, procs: ProcessSet, deadline: float, env: dict[str, str],
                    result: DeployResult, out: TextIO) -> None:
     """The unregistered SuperNode exited and only registered node ids are online, else DeployError."""
-    _wait(intruder.exited, procs, deadline, "the SuperNode with an unregistered key to be refused",
-          ignore=(intruder,))
+    registered = set(result.registered)
+    _wait(lambda: intruder.exited() or not online_node_ids(env) <= registered, procs, deadline,
+          "the SuperNode with an unregistered key to be refused", ignore=(intruder,))
     online = online_node_ids(env)
-    if intruder.popen.returncode == 0 or not online <= set(result.registered):
+    if not intruder.exited() or intruder.popen.returncode == 0 or not online <= registered:
         raise DeployError(f"node authentication is not enforced: the unregistered SuperNode exited with code "
                           f"{intruder.popen.returncode}, online node ids {sorted(online)}, registered "
                           f"{result.registered}; last lines of {intruder.log}:\n{tail(intruder.log)}")

@@ -100,6 +100,28 @@ def assert_secured(result) -> None:
     assert "No SuperNode found with the given public key" in link_log  # the SuperLink's own refusal
 
 
+def test_auth_check_fails_when_the_superlink_admits_an_unregistered_node(private_homes, tiny_federation: Path,
+                                                                         tmp_path: Path, monkeypatch) -> None:
+    """The refusal check can fail: a SuperLink started without `--enable-supernode-auth` (TLS still on)
+    lets the unregistered node in, and deploy-local stops before any run, saying so."""
+    import mas_flower.deploy as deploy
+
+    real = deploy.superlink_security
+    monkeypatch.setattr(deploy, "superlink_security",
+                        lambda certs, auth: [f for f in real(certs, auth) if f != "--enable-supernode-auth"])
+    out = tmp_path / "out"
+    result = run_deployment(1, f"{SMALL} clients-per-round=1 output-dir='{out}'", data_root=str(tiny_federation),
+                            timeout=240, grace=5, auth=True)
+    pid_file = result.deploy_dir / "pids.json"
+    try:
+        assert result.exit_code == 1 and result.run_id is None
+        assert "node authentication is not enforced" in (result.error or ""), result.error
+        state = assert_all_stopped(pid_file, result.ports)
+        assert "flwr-run" not in [s["name"] for s in state["started"]]
+    finally:
+        kill_leftovers(pid_file)
+
+
 def test_throwaway_certificate_serves_tls_on_loopback_and_only_to_its_ca(tmp_path: Path) -> None:
     """A real TLS handshake with the generated files: trusted for 127.0.0.1 and localhost, and rejected by a
     client that trusts another CA."""
