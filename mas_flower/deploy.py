@@ -8,8 +8,9 @@ and everything those spawn, is stopped at the end: on success, failure, timeout,
 
 With `tls`, a throw-away CA and server certificate (mas_flower.security) secure every connection to
 the SuperLink. With `auth` (implies `tls`), the SuperLink only admits SuperNodes whose public keys were
-registered with `flwr supernode register`; to prove it, one extra SuperNode with an unregistered key is
-started too and must be refused before the run begins.
+registered with `flwr supernode register`; to prove it, two extra SuperNodes are started too and must
+both be refused before the run begins: one with a key nobody registered, one with no key at all (which
+a SuperLink without authentication would let register itself).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from mas_flower.settings import Settings, home
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "deploy"
+#: The SuperNodes `auth` starts to check that the SuperLink refuses them (see _start_unregistered).
+INTRUDERS = ("unregistered-key", "no-key")
 #: The managed simulation SuperLink's HTTP and Control ports (`flwr run` starts it on demand).
 RESERVED_PORTS = frozenset({39091, 39093})
 STARTUP_SECONDS = 180.0
@@ -89,7 +92,7 @@ class DeployResult:
     ports: list[int] = field(default_factory=list)
     survivors: list[int] = field(default_factory=list)
     registered: list[int] = field(default_factory=list)  # node ids of the registered keys (with auth)
-    refused_exit_code: int | None = None  # how the SuperNode with an unregistered key ended (with auth)
+    refused: dict[str, int] = field(default_factory=dict)  # unregistered SuperNode -> its exit code (with auth)
 
 
 def deploy_local(nodes: int, run_config: str = "", data_root: str = "", base_port: int = 0,
@@ -107,7 +110,8 @@ def run_deployment(nodes: int, run_config: str = "", data_root: str = "", base_p
         raise ValueError(f"timeout={timeout} must be positive")
     plan = plan_deployment(nodes, run_config, data_root)
     plan.tls, plan.auth = tls or auth, auth
-    ports = pick_ports(nodes + 1 + int(auth), base_port)  # the last one: the unregistered node's
+    ports = pick_ports(nodes + 1 + (len(INTRUDERS) if auth else 0), base_port)  # the last: unregistered nodes'
+
     deploy_dir = fresh_dir(plan.output_root / "deployments" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     procs = ProcessSet(deploy_dir / "pids.json")
     procs.set_phase("starting", deploy_dir=str(deploy_dir), ports=ports, started_at=time.time())
@@ -311,11 +315,10 @@ def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, re
                            node_env, logs / f"supernode-{i}-{building}.log", deploy_dir, building=building, port=port)
         _say(out, f"SuperNode {i}: building {building}, runtime API 127.0.0.1:{port} (pid {node.pid})")
     want = len(plan.buildings)
-    intruder = _start_unregistered(plan, procs, certs, ports, deploy_dir, out) if plan.auth else None
-    ignore = (intruder,) if intruder else ()
+    ignore = _start_unregistered(plan, procs, certs, ports, deploy_dir, out) if plan.auth else ()
     _wait(lambda: len(online_node_ids(env)) >= want, procs, startup, f"{want} SuperNodes to connect", ignore=ignore)
-    if intruder is not None:
-        _check_refused(intruder, procs, startup, env, result, out)
+    if ignore:
+        _check_refused(ignore, procs, startup, env, result, out)
     procs.set_phase("running")
     _say(out, f"{want} SuperNodes connected; flwr run --run-config {plan.run_config!r}")
     run = procs.start("flwr-run", [flower_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--stream",
@@ -421,33 +424,39 @@ def _registered_key(deploy_dir: Path, index: int, env: dict[str, str], result: D
 
 
 def _start_unregistered(plan: Plan, procs: ProcessSet, certs: TlsFiles | None, ports: list[int],
-                        deploy_dir: Path, out: TextIO) -> Started:
-    """A SuperNode that trusts the CA and claims building 0, but whose key nobody registered."""
-    key = make_node_key(deploy_dir / "keys" / "unregistered")
+                        deploy_dir: Path, out: TextIO) -> tuple[Started, ...]:
+    """The INTRUDERS (runtime APIs on the last ports): SuperNodes that trust the CA and claim building 0,
+    but that nobody registered."""
     node_config = f"building={toml_string(plan.buildings[0])} data-root={toml_string(str(plan.data_root))}"
-    node = procs.start("unregistered-supernode", [flower_bin("flower-supernode"), *supernode_security(certs, key),
-                                                  "--superlink", f"127.0.0.1:{ports[0]}", "--node-config", node_config,
-                                                  "--host", "127.0.0.1", "--port", str(ports[-1])],
-                       flower_env(deploy_dir / "unregistered" / "flwr-home"),
-                       deploy_dir / "logs" / "unregistered-supernode.log", deploy_dir)
-    _say(out, f"authentication check: a SuperNode with an unregistered key (pid {node.pid}) must be refused")
-    return node
+    started = []
+    for name, port in zip(INTRUDERS, ports[-len(INTRUDERS):], strict=True):
+        key = make_node_key(deploy_dir / "keys" / name) if name == "unregistered-key" else None
+        node = procs.start(name, [flower_bin("flower-supernode"), *supernode_security(certs, key),
+                                  "--superlink", f"127.0.0.1:{ports[0]}", "--node-config", node_config,
+                                  "--host", "127.0.0.1", "--port", str(port)],
+                           flower_env(deploy_dir / name / "flwr-home"), deploy_dir / "logs" / f"{name}.log", deploy_dir)
+        started.append(node)
+    _say(out, "authentication check: SuperNodes with an unregistered key and with no key (pids "
+         f"{', '.join(str(n.pid) for n in started)}) must be refused")
+    return tuple(started)
 
 
-def _check_refused(intruder: Started, procs: ProcessSet, deadline: float, env: dict[str, str],
+def _check_refused(intruders: tuple[Started, ...], procs: ProcessSet, deadline: float, env: dict[str, str],
                    result: DeployResult, out: TextIO) -> None:
-    """The unregistered SuperNode exited and only registered node ids are online, else DeployError."""
+    """Every intruder exited with an error and only registered node ids are online, else DeployError."""
     registered = set(result.registered)
-    _wait(lambda: intruder.exited() or not online_node_ids(env) <= registered, procs, deadline,
-          "the SuperNode with an unregistered key to be refused", ignore=(intruder,))
+    _wait(lambda: all(n.exited() for n in intruders) or not online_node_ids(env) <= registered, procs, deadline,
+          "the unregistered SuperNodes to be refused", ignore=intruders)
     online = online_node_ids(env)
-    if not intruder.exited() or intruder.popen.returncode == 0 or not online <= registered:
-        raise DeployError(f"node authentication is not enforced: the unregistered SuperNode exited with code "
-                          f"{intruder.popen.returncode}, online node ids {sorted(online)}, registered "
-                          f"{result.registered}; last lines of {intruder.log}:\n{tail(intruder.log)}")
-    result.refused_exit_code = intruder.popen.returncode
-    _say(out, f"authentication check passed: the unregistered SuperNode was refused (exit code "
-         f"{intruder.popen.returncode}); online: the {len(online)} registered node ids {sorted(online)}")
+    admitted = [n for n in intruders if not n.exited() or n.popen.returncode == 0]
+    if admitted or not online <= registered:
+        raise DeployError(f"node authentication is not enforced: online node ids {sorted(online)}, registered "
+                          f"{sorted(registered)}; {', '.join(n.name for n in admitted) or 'an unknown node'} "
+                          "was not refused; last lines of "
+                          + "\n".join(f"{n.log}:\n{tail(n.log)}" for n in admitted or intruders))
+    result.refused = {n.name: n.popen.returncode for n in intruders}
+    _say(out, f"authentication check passed: refused {result.refused} (exit codes); online: only the "
+         f"{len(online)} registered node ids {sorted(online)}")
 
 
 def final_status(run_id: int, env: dict[str, str]) -> str:

@@ -94,16 +94,18 @@ def assert_secured(result) -> None:
     node_ids = {int(m) for log in logs.glob("supernode-*.log")
                 for m in re.findall(r"SuperNode ID: (\d+)", log.read_text(errors="replace"))}
     assert len(result.registered) == 3 and node_ids == set(result.registered)
-    assert result.refused_exit_code not in (None, 0)
-    intruder_log = (logs / "unregistered-supernode.log").read_text(errors="replace")
-    assert "Failed to activate SuperNode" in intruder_log and "SuperNode ID" not in intruder_log
-    assert "No SuperNode found with the given public key" in link_log  # the SuperLink's own refusal
+    assert set(result.refused) == {"unregistered-key", "no-key"} and 0 not in result.refused.values()
+    for name in result.refused:
+        assert "SuperNode ID" not in (logs / f"{name}.log").read_text(errors="replace")
+    # The SuperLink's own refusals: the unknown key cannot activate, the keyless node cannot register itself.
+    assert "No SuperNode found with the given public key" in link_log
+    assert "ApiError:2001" in link_log  # FLEET_SUPERNODE_REGISTRATION_DISABLED
 
 
 def test_auth_check_fails_when_the_superlink_admits_an_unregistered_node(private_homes, tiny_federation: Path,
                                                                          tmp_path: Path, monkeypatch) -> None:
     """The refusal check can fail: a SuperLink started without `--enable-supernode-auth` (TLS still on)
-    lets the unregistered node in, and deploy-local stops before any run, saying so."""
+    lets the keyless node register itself, and deploy-local stops before any run, saying so."""
     import mas_flower.deploy as deploy
 
     real = deploy.superlink_security
@@ -116,6 +118,7 @@ def test_auth_check_fails_when_the_superlink_admits_an_unregistered_node(private
     try:
         assert result.exit_code == 1 and result.run_id is None
         assert "node authentication is not enforced" in (result.error or ""), result.error
+        assert "no-key was not refused" in result.error
         state = assert_all_stopped(pid_file, result.ports)
         assert "flwr-run" not in [s["name"] for s in state["started"]]
     finally:
