@@ -357,8 +357,9 @@ def _relay(run: Started, out: TextIO, seen: dict[str, str]) -> None:
 
 def _wait(done: Any, procs: ProcessSet, deadline: float, what: str, ignore: tuple[Started, ...] = ()) -> None:
     """Poll `done()` until true; fail fast, naming the process and its log, if a started process
-    (other than those in `ignore`) exits."""
+    (other than those in `ignore`) exits. Raises again for a Ctrl-C / SIGTERM that a fork swallowed."""
     while True:
+        _raise_caught()
         for proc in procs.started:
             if proc not in ignore and proc.exited():
                 raise DeployError(f"{proc.name} (pid {proc.pid}{_describe(proc)}) exited with code "
@@ -485,24 +486,41 @@ def find_results(plan: Plan, logged: str | None, since: float) -> Path | None:
 
 # Stopping --------------------------------------------------------------------------------------------
 
+#: Signals caught inside _signal_scope. Python drops an exception raised while the main thread forks (in
+#: logging's at-fork hook: "Exception ignored in _releaseLock"), so _wait raises again for what was caught.
+_CAUGHT: list[int] = []
+
+
 @contextmanager
 def _signal_scope() -> Iterator[None]:
-    """Inside: SIGTERM raises Terminated (Ctrl-C already raises KeyboardInterrupt); both handlers restored
-    on the way out. Only the main thread can set handlers; elsewhere the caller's handling stays."""
+    """Inside: SIGTERM raises Terminated, Ctrl-C KeyboardInterrupt, and both are remembered for
+    _raise_caught; the handlers are restored on the way out. Only the main thread can set handlers;
+    elsewhere the caller's handling stays."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
+        _CAUGHT.append(signum)
+        _raise_caught()
 
+    _CAUGHT.clear()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, handler)
+    for sig in previous:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _raise_caught() -> None:
+    """Raise Terminated (SIGTERM) or KeyboardInterrupt (SIGINT) for a signal caught in _signal_scope."""
+    if signal.SIGTERM in _CAUGHT:
+        raise Terminated()
+    if _CAUGHT:
+        raise KeyboardInterrupt()
 
 
 def _stop(procs: ProcessSet, grace: float, result: DeployResult, out: TextIO) -> None:

@@ -272,3 +272,22 @@ def test_process_set_names_the_dead_process_and_stops_every_descendant(tmp_path:
     assert len(procs.alive()) == 3  # sh and both sleeps, found through /proc
     assert procs.stop(grace=2) == []
     assert not leftovers(tmp_path / "pids.json")
+
+
+@pytest.mark.parametrize(("sig", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, "Terminated")])
+def test_a_swallowed_interrupt_is_raised_again_by_the_next_wait(tmp_path: Path, sig: signal.Signals, raised) -> None:
+    """A Ctrl-C that lands while the launcher forks is dropped by Python ("Exception ignored in
+    _releaseLock"); deploy-local must still stop, at its next poll."""
+    from mas_flower.deploy import DeployError, Terminated, _signal_scope, _wait
+    from mas_flower.processes import ProcessSet
+
+    expected = Terminated if raised == "Terminated" else raised
+    with _signal_scope():
+        with suppress(KeyboardInterrupt):  # stands in for the at-fork hook that swallows it
+            os.kill(os.getpid(), sig)
+            time.sleep(5)
+        with pytest.raises(expected):
+            try:
+                _wait(lambda: False, ProcessSet(tmp_path / "pids.json"), time.monotonic() + 2, "nothing")
+            except DeployError:
+                pytest.fail("the interrupt was lost: _wait ran to its timeout")
