@@ -50,8 +50,8 @@ def assert_all_stopped(pid_file: Path, ports: list[int]) -> dict:
 
 def test_deploy_local_runs_mas_on_three_nodes_over_tls_with_node_auth(private_homes, tiny_federation: Path,
                                                                       tmp_path: Path) -> None:
-    """The full deployment, secured: TLS everywhere, only registered SuperNodes admitted, and an extra node
-    with an unregistered key refused (the insecure path runs in the other deployment tests)."""
+    """The full deployment, secured: TLS everywhere, only registered SuperNodes admitted, and two extra
+    nodes (an unregistered key, no key) refused (the insecure path runs in the other deployment tests)."""
     out = tmp_path / "out"
     config = f"{SMALL} clients-per-round=2 output-dir='{out}' run-name='deploy'"
     result = run_deployment(3, config, data_root=str(tiny_federation), timeout=300, grace=5, auth=True)
@@ -86,7 +86,7 @@ def test_deploy_local_runs_mas_on_three_nodes_over_tls_with_node_auth(private_ho
 
 
 def assert_secured(result) -> None:
-    """TLS was on, the registered nodes got their ids, the unregistered one never got one and was refused."""
+    """TLS was on, the registered nodes got their ids, the unregistered ones never got one and were refused."""
     logs = result.deploy_dir / "logs"
     link_log = (logs / "superlink.log").read_text(errors="replace")
     assert f"running on https://127.0.0.1:{result.ports[0]}" in link_log
