@@ -55,7 +55,7 @@ def _deploy_local(args: argparse.Namespace) -> int:
     from mas_flower.deploy import deploy_local
 
     return deploy_local(nodes=args.nodes, run_config=args.run_config, data_root=args.data_root,
-                        base_port=args.base_port, timeout=args.timeout)
+                        base_port=args.base_port, timeout=args.timeout, tls=args.tls, auth=args.auth)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="", help="dataset for the nodes (default: the synthetic federation)")
     p.add_argument("--base-port", type=int, default=0, help="first port to use (default: free ports)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is stopped")
+    p.add_argument("--tls", action="store_true", help="TLS with a throw-away CA and server certificate")
+    p.add_argument("--auth", action="store_true",
+                   help="SuperNode authentication (implies --tls): register each node's key; check that a node "
+                        "with an unregistered key is refused")
     p.set_defaults(func=_deploy_local)
     return parser
 

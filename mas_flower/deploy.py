@@ -5,6 +5,12 @@ building through `--node-config`, the run goes through `flwr run` to the SuperLi
 the final status is read back with `flwr ls` (`flwr run --stream` exits 0 even when the ServerApp
 crashed). Flower is only driven through its executables, never imported. Every process started,
 and everything those spawn, is stopped at the end: on success, failure, timeout, Ctrl-C or SIGTERM.
+
+With `tls`, a throw-away CA and server certificate (mas_flower.security) secure every connection to
+the SuperLink. With `auth` (implies `tls`), the SuperLink only admits SuperNodes whose public keys were
+registered with `flwr supernode register`; to prove it, two extra SuperNodes are started too and must
+both be refused before the run begins: one with a key nobody registered, one with no key at all (which
+a SuperLink without authentication would let register itself).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,10 +38,13 @@ import tomllib
 from mas_flower.data import list_buildings
 from mas_flower.processes import ProcessSet, Started
 from mas_flower.results import RESULTS_FILE, fresh_dir
+from mas_flower.security import NodeKey, TlsFiles, make_node_key, make_tls
 from mas_flower.settings import Settings, home
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "deploy"
+#: The SuperNodes `auth` starts to check that the SuperLink refuses them (see _start_unregistered).
+INTRUDERS = ("unregistered-key", "no-key")
 #: The managed simulation SuperLink's HTTP and Control ports (`flwr run` starts it on demand).
 RESERVED_PORTS = frozenset({39091, 39093})
 STARTUP_SECONDS = 180.0
@@ -64,6 +74,8 @@ class Plan:
     data_root: Path
     buildings: list[str]  # node i holds buildings[i]
     output_root: Path
+    tls: bool = False
+    auth: bool = False  # SuperNode authentication (needs TLS)
 
 
 @dataclass
@@ -79,22 +91,27 @@ class DeployResult:
     pids: list[int] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     survivors: list[int] = field(default_factory=list)
+    registered: list[int] = field(default_factory=list)  # node ids of the registered keys (with auth)
+    refused: dict[str, int] = field(default_factory=dict)  # unregistered SuperNode -> its exit code (with auth)
 
 
 def deploy_local(nodes: int, run_config: str = "", data_root: str = "", base_port: int = 0,
-                 timeout: float = 3600.0) -> int:
+                 timeout: float = 3600.0, tls: bool = False, auth: bool = False) -> int:
     """Run the app on a local SuperLink + `nodes` SuperNodes; exit code 0 only for `finished:completed`."""
-    return run_deployment(nodes, run_config, data_root, base_port, timeout).exit_code
+    return run_deployment(nodes, run_config, data_root, base_port, timeout, tls=tls, auth=auth).exit_code
 
 
 def run_deployment(nodes: int, run_config: str = "", data_root: str = "", base_port: int = 0,
-                   timeout: float = 3600.0, grace: float = GRACE_SECONDS, out: TextIO | None = None) -> DeployResult:
-    """Start, run, stop; bad input raises ValueError before any process starts."""
+                   timeout: float = 3600.0, grace: float = GRACE_SECONDS, out: TextIO | None = None,
+                   tls: bool = False, auth: bool = False) -> DeployResult:
+    """Start, run, stop; bad input raises ValueError before any process starts. `auth` implies `tls`."""
     out = out or sys.stdout
     if timeout <= 0:
         raise ValueError(f"timeout={timeout} must be positive")
     plan = plan_deployment(nodes, run_config, data_root)
-    ports = pick_ports(nodes + 1, base_port)
+    plan.tls, plan.auth = tls or auth, auth
+    ports = pick_ports(nodes + 1 + (len(INTRUDERS) if auth else 0), base_port)  # the last: unregistered nodes'
+
     deploy_dir = fresh_dir(plan.output_root / "deployments" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     procs = ProcessSet(deploy_dir / "pids.json")
     procs.set_phase("starting", deploy_dir=str(deploy_dir), ports=ports, started_at=time.time())
@@ -237,11 +254,32 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def write_connection(flwr_home: Path, port: int) -> None:
-    """`$FLWR_HOME/config.toml` with one insecure connection to the SuperLink, the default."""
+def write_connection(flwr_home: Path, port: int, ca: Path | None = None) -> None:
+    """`$FLWR_HOME/config.toml` with one connection to the SuperLink, the default: TLS trusting `ca`,
+    else insecure."""
+    security = f"root-certificates = {json.dumps(str(ca))}" if ca else "insecure = true"
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+        f'address = "127.0.0.1:{port}"\n{security}\n')
+
+
+def superlink_security(certs: TlsFiles | None, auth: bool) -> list[str]:
+    """`flower-superlink` flags: its certificate and CA with TLS (plus node authentication), else --insecure."""
+    if certs is None:
+        return ["--insecure"]
+    flags = ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.cert), "--ssl-keyfile", str(certs.key)]
+    return [*flags, "--enable-supernode-auth"] if auth else flags
+
+
+def supernode_security(certs: TlsFiles | None, key: NodeKey | None) -> list[str]:
+    """`flower-supernode` flags: with TLS, the CA to trust and a certificate for the node's own runtime API
+    (which its SuperExec dials on 127.0.0.1), else --insecure; and the node's private key."""
+    if certs is None:
+        flags = ["--insecure"]
+    else:
+        flags = ["--root-certificates", str(certs.ca), "--ssl-certfile", str(certs.cert), "--ssl-keyfile",
+                 str(certs.key), "--ssl-ca-certfile", str(certs.ca)]
+    return [*flags, "--auth-supernode-private-key", str(key.private)] if key else flags
 
 
 def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, result: DeployResult,
@@ -250,28 +288,37 @@ def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, re
     logs = deploy_dir / "logs"
     flwr_home = deploy_dir / "flwr-home"
     env = flower_env(flwr_home)
-    write_connection(flwr_home, ports[0])
-    link = procs.start("superlink", [flower_bin("flower-superlink"), "--insecure",
+    certs = make_tls(deploy_dir / "certs") if plan.tls else None
+    write_connection(flwr_home, ports[0], certs.ca if certs else None)
+    link = procs.start("superlink", [flower_bin("flower-superlink"), *superlink_security(certs, plan.auth),
                                      "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
                                      "--port", str(ports[0])],
                        env, logs / "superlink.log", deploy_dir, port=ports[0])
-    _say(out, f"SuperLink 127.0.0.1:{ports[0]} (pid {link.pid})")
+    scheme = "https" if certs else "http"
+    _say(out, f"SuperLink {scheme}://127.0.0.1:{ports[0]} (pid {link.pid})"
+         + (f"; throw-away CA and certificate in {certs.ca.parent}" if certs else ""))
     startup = min(deadline, time.monotonic() + STARTUP_SECONDS)
-    _wait(lambda: _healthy(ports[0]), procs, startup, f"the SuperLink to answer on 127.0.0.1:{ports[0]}")
+    _wait(lambda: _healthy(ports[0], certs.ca if certs else None), procs, startup,
+          f"the SuperLink to answer on {scheme}://127.0.0.1:{ports[0]}")
+    keys = [_registered_key(deploy_dir, i, env, result) for i in range(len(plan.buildings))] if plan.auth else []
     # The nodes share this machine: split its cores between them, as the simulation's per-client CPUs do
     # (the ClientApp sizes torch's threads by OMP_NUM_THREADS), unless the caller already chose.
     threads = str(max(1, (os.cpu_count() or 1) // len(plan.buildings)))
-    for i, (building, port) in enumerate(zip(plan.buildings, ports[1:], strict=True)):
+    for i, (building, port) in enumerate(zip(plan.buildings, ports[1:len(plan.buildings) + 1], strict=True)):
         node_env = flower_env(deploy_dir / f"node-{i}" / "flwr-home")
         node_env.setdefault("OMP_NUM_THREADS", threads)
         node_config = f"building={toml_string(building)} data-root={toml_string(str(plan.data_root))}"
-        node = procs.start(f"supernode-{i}", [flower_bin("flower-supernode"), "--insecure",
+        node = procs.start(f"supernode-{i}", [flower_bin("flower-supernode"),
+                                              *supernode_security(certs, keys[i] if keys else None),
                                               "--superlink", f"127.0.0.1:{ports[0]}", "--node-config", node_config,
                                               "--host", "127.0.0.1", "--port", str(port)],
                            node_env, logs / f"supernode-{i}-{building}.log", deploy_dir, building=building, port=port)
         _say(out, f"SuperNode {i}: building {building}, runtime API 127.0.0.1:{port} (pid {node.pid})")
     want = len(plan.buildings)
-    _wait(lambda: online_nodes(env) >= want, procs, startup, f"{want} SuperNodes to connect")
+    ignore = _start_unregistered(plan, procs, certs, ports, deploy_dir, out) if plan.auth else ()
+    _wait(lambda: len(online_node_ids(env)) >= want, procs, startup, f"{want} SuperNodes to connect", ignore=ignore)
+    if ignore:
+        _check_refused(ignore, procs, startup, env, result, out)
     procs.set_phase("running")
     _say(out, f"{want} SuperNodes connected; flwr run --run-config {plan.run_config!r}")
     run = procs.start("flwr-run", [flower_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--stream",
@@ -280,7 +327,7 @@ def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, re
     seen: dict[str, str] = {}
     reader = threading.Thread(target=_relay, args=(run, out, seen), daemon=True)
     reader.start()
-    _wait(run.exited, procs, deadline, "the run to finish", ignore=run)
+    _wait(run.exited, procs, deadline, "the run to finish", ignore=(run, *ignore))
     reader.join(timeout=10)
     if "run_id" not in seen:
         raise DeployError(f"`flwr run` exited with code {run.popen.returncode} without starting a run")
@@ -308,11 +355,13 @@ def _relay(run: Started, out: TextIO, seen: dict[str, str]) -> None:
                 seen["results"] = m.group(1)
 
 
-def _wait(done: Any, procs: ProcessSet, deadline: float, what: str, ignore: Started | None = None) -> None:
-    """Poll `done()` until true; fail fast, naming the process and its log, if a started process exits."""
+def _wait(done: Any, procs: ProcessSet, deadline: float, what: str, ignore: tuple[Started, ...] = ()) -> None:
+    """Poll `done()` until true; fail fast, naming the process and its log, if a started process
+    (other than those in `ignore`) exits. Raises again for a Ctrl-C / SIGTERM that a fork swallowed."""
     while True:
+        _raise_caught()
         for proc in procs.started:
-            if proc is not ignore and proc.exited():
+            if proc not in ignore and proc.exited():
                 raise DeployError(f"{proc.name} (pid {proc.pid}{_describe(proc)}) exited with code "
                                   f"{proc.popen.returncode} while waiting for {what}; last lines of {proc.log}:\n"
                                   f"{tail(proc.log)}")
@@ -328,9 +377,12 @@ def _describe(proc: Started) -> str:
     return "".join(f", {k} {v}" for k, v in proc.info.items())
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int, ca: Path | None = None) -> bool:
+    """The SuperLink answers /health (over HTTPS, verified against `ca`, when given)."""
+    url = f"{'https' if ca else 'http'}://127.0.0.1:{port}/health"
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+        with urllib.request.urlopen(url, timeout=2, context=context) as reply:
             return 200 <= reply.status < 300
     except OSError:
         return False
@@ -351,13 +403,61 @@ def _flwr_json(args: list[str], env: dict[str, str], timeout: float = 60.0) -> d
                           f"{(text + done.stderr)[-2000:]}") from err
 
 
-def online_nodes(env: dict[str, str]) -> int:
-    """How many SuperNodes the SuperLink sees online (0 while it cannot be asked)."""
+def online_node_ids(env: dict[str, str]) -> set[int]:
+    """The ids of the SuperNodes the SuperLink sees online (none while it cannot be asked)."""
     try:
         reply = _flwr_json(["supernode", "list"], env)
     except DeployError:
-        return 0
-    return sum(1 for node in reply.get("nodes", []) if node.get("status") == "online")
+        return set()
+    return {int(node["node-id"]) for node in reply.get("nodes", []) if node.get("status") == "online"}
+
+
+# Node authentication ---------------------------------------------------------------------------------
+
+def _registered_key(deploy_dir: Path, index: int, env: dict[str, str], result: DeployResult) -> NodeKey:
+    """A fresh key pair for SuperNode `index`, its public key registered with the SuperLink."""
+    key = make_node_key(deploy_dir / "keys" / f"supernode-{index}")
+    reply = _flwr_json(["supernode", "register", str(key.public)], env)
+    if not reply.get("success") or "node-id" not in reply:
+        raise DeployError(f"`flwr supernode register {key.public}` failed: {reply}")
+    result.registered.append(int(reply["node-id"]))
+    return key
+
+
+def _start_unregistered(plan: Plan, procs: ProcessSet, certs: TlsFiles | None, ports: list[int],
+                        deploy_dir: Path, out: TextIO) -> tuple[Started, ...]:
+    """The INTRUDERS (runtime APIs on the last ports): SuperNodes that trust the CA and claim building 0,
+    but that nobody registered."""
+    node_config = f"building={toml_string(plan.buildings[0])} data-root={toml_string(str(plan.data_root))}"
+    started = []
+    for name, port in zip(INTRUDERS, ports[-len(INTRUDERS):], strict=True):
+        key = make_node_key(deploy_dir / "keys" / name) if name == "unregistered-key" else None
+        node = procs.start(name, [flower_bin("flower-supernode"), *supernode_security(certs, key),
+                                  "--superlink", f"127.0.0.1:{ports[0]}", "--node-config", node_config,
+                                  "--host", "127.0.0.1", "--port", str(port)],
+                           flower_env(deploy_dir / name / "flwr-home"), deploy_dir / "logs" / f"{name}.log", deploy_dir)
+        started.append(node)
+    _say(out, "authentication check: SuperNodes with an unregistered key and with no key (pids "
+         f"{', '.join(str(n.pid) for n in started)}) must be refused")
+    return tuple(started)
+
+
+def _check_refused(intruders: tuple[Started, ...], procs: ProcessSet, deadline: float, env: dict[str, str],
+                   result: DeployResult, out: TextIO) -> None:
+    """Every intruder exited with an error and only registered node ids are online, else DeployError."""
+    registered = set(result.registered)
+    _wait(lambda: all(n.exited() for n in intruders) or not online_node_ids(env) <= registered, procs, deadline,
+          "the unregistered SuperNodes to be refused", ignore=intruders)
+    online = online_node_ids(env)
+    admitted = [n for n in intruders if not n.exited() or n.popen.returncode == 0]
+    if admitted or not online <= registered:
+        raise DeployError(f"node authentication is not enforced: online node ids {sorted(online)}, registered "
+                          f"{sorted(registered)}; {', '.join(n.name for n in admitted) or 'an unknown node'} "
+                          "was not refused; last lines of "
+                          + "\n".join(f"{n.log}:\n{tail(n.log)}" for n in admitted or intruders))
+    result.refused = {n.name: n.popen.returncode for n in intruders}
+    _say(out, f"authentication check passed: refused {result.refused} (exit codes); online: only the "
+         f"{len(online)} registered node ids {sorted(online)}")
 
 
 def final_status(run_id: int, env: dict[str, str]) -> str:
@@ -386,24 +486,41 @@ def find_results(plan: Plan, logged: str | None, since: float) -> Path | None:
 
 # Stopping --------------------------------------------------------------------------------------------
 
+#: Signals caught inside _signal_scope. Python drops an exception raised while the main thread forks (in
+#: logging's at-fork hook: "Exception ignored in _releaseLock"), so _wait raises again for what was caught.
+_CAUGHT: list[int] = []
+
+
 @contextmanager
 def _signal_scope() -> Iterator[None]:
-    """Inside: SIGTERM raises Terminated (Ctrl-C already raises KeyboardInterrupt); both handlers restored
-    on the way out. Only the main thread can set handlers; elsewhere the caller's handling stays."""
+    """Inside: SIGTERM raises Terminated, Ctrl-C KeyboardInterrupt, and both are remembered for
+    _raise_caught; the handlers are restored on the way out. Only the main thread can set handlers;
+    elsewhere the caller's handling stays."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise Terminated()
+        _CAUGHT.append(signum)
+        _raise_caught()
 
+    _CAUGHT.clear()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, handler)
+    for sig in previous:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _raise_caught() -> None:
+    """Raise Terminated (SIGTERM) or KeyboardInterrupt (SIGINT) for a signal caught in _signal_scope."""
+    if signal.SIGTERM in _CAUGHT:
+        raise Terminated()
+    if _CAUGHT:
+        raise KeyboardInterrupt()
 
 
 def _stop(procs: ProcessSet, grace: float, result: DeployResult, out: TextIO) -> None:

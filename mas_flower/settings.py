@@ -7,7 +7,9 @@ checks them, so that bad input fails before any training with a message naming t
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -60,17 +62,16 @@ class Settings:
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> Settings:
         """Build from a flat `key-name -> value` mapping; unknown or missing keys raise, naming them."""
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}  # keys are spelt with `-` only
         values: dict[str, Any] = {}
         unknown = []
         for key, value in config.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                unknown.append(key)
+            if key not in known:
+                unknown.append(f"unknown key {key!r}{did_you_mean(key, known)}")
                 continue
-            values[name] = _coerce(key, value, known[name].type)
+            values[known[key].name] = _coerce(key, value, known[key].type)
         if unknown:
-            raise ValueError(f"unknown run-config key(s): {', '.join(sorted(unknown))}")
+            raise ValueError("invalid run config: " + "; ".join(sorted(unknown)))
         missing = [f.name.replace("_", "-") for f in fields(cls)
                    if f.name not in values and f.default is dataclasses.MISSING]
         if missing:
@@ -140,6 +141,18 @@ class Settings:
 def home() -> Path:
     """Where default data and outputs go: `$MAS_FLOWER_HOME`, else `~/mas-flower` (never the app folder)."""
     return Path(os.environ.get("MAS_FLOWER_HOME", Path.home() / "mas-flower")).expanduser().resolve()
+
+
+def did_you_mean(key: Any, known: Iterable[str]) -> str:
+    """` (did you mean 'num-rounds'?)` for the known key that `key` resembles, else ``.
+
+    A key that differs only in `_` versus `-` wins; otherwise the closest spelling by `difflib`
+    (ratio >= 0.8, e.g. `num-round`).
+    """
+    known = list(known)
+    wanted = str(key).replace("_", "-")
+    close = [k for k in known if k.replace("_", "-") == wanted] or difflib.get_close_matches(wanted, known, 1, 0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:

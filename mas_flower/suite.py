@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from mas_flower.settings import SPLIT_METHODS, Settings
+from mas_flower.settings import SPLIT_METHODS, Settings, did_you_mean
 from mas_flower.tasks import parse_tasks
 
 TOP_KEYS = {"description", "task_sets", "methods", "seeds", "data", "output", "run_config", "nodes",
@@ -273,9 +273,8 @@ class _Checker:
             if key in SUITE_OWNED:
                 self.bad(where, f"is set per run by the suite (from `{SUITE_OWNED[key]}`); remove it here")
             elif key not in defaults:
-                close = [k for k in defaults if k.replace("-", "") == str(key).replace("-", "").replace("_", "")]
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.bad(where, f"not a run-config key of the app{hint}; known: {', '.join(sorted(defaults))}")
+                self.bad(where, f"not a run-config key of the app{did_you_mean(key, defaults)}; "
+                         f"known: {', '.join(sorted(defaults))}")
             elif not _same_kind(value, defaults[key]):
                 self.bad(where, f"expected {type(defaults[key]).__name__}, got {value!r}")
             else:

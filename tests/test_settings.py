@@ -36,8 +36,10 @@ def test_bad_settings_name_the_key(override: dict, message: str) -> None:
 
 
 def test_unknown_key_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown run-config key.*num-round"):
+    with pytest.raises(ValueError, match=r"unknown key 'num-round' \(did you mean 'num-rounds'\?\)"):
         load_settings({"num-round": 3})
+    with pytest.raises(ValueError, match=r"unknown key 'num_rounds' \(did you mean 'num-rounds'\?\)"):
+        load_settings({"num_rounds": 3})  # `flwr run` would reject it: keys are spelt with `-`
 
 
 def test_learning_rate_schedule() -> None:
