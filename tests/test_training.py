@@ -195,3 +195,32 @@ def test_gradnorm_state_carries_over_between_calls() -> None:
     assert torch.equal(resumed.state_dict()["initial"], state["initial"])
     with pytest.raises(ValueError, match="state for 3 tasks, this network has 2"):
         get_weighting("gradnorm", "sd").load_state_dict(state)
+
+
+def test_evaluate_collects_task_metrics_from_the_same_outputs():
+    from mas_flower.metrics import TaskMetrics, metric_names
+
+    data = RandomSplit("sdnk", n=6, size=32)
+    net = build_model("tiny", "sdnk", image_size=32)
+    metrics = TaskMetrics("sdnk")
+    losses, n = evaluate(net, data, batch_size=4, metrics=metrics)
+    values = metrics.compute()
+    assert n == 6 and set(values) == set("sdnk")
+    for c in "sdnk":
+        assert set(values[c]) == set(metric_names(c)) and all(np.isfinite(v) for v in values[c].values())
+    # the same network and data give the same metrics batch by batch or all at once
+    whole = TaskMetrics("sdnk")
+    evaluate(net, data, batch_size=6, metrics=whole)
+    for c in "sdnk":
+        for k, v in whole.compute()[c].items():
+            assert v == pytest.approx(values[c][k], rel=1e-6)
+
+
+def test_training_seconds_exclude_one_time_setup():
+    data = RandomSplit("kt", n=8, size=32)
+    result = train_local(build_model("tiny", "kt", image_size=32), data, TrainConfig(lr=0.1, batch_size=4))
+    assert result.setup_seconds > 0 and result.seconds > 0
+    assert result.affinity_samples == 0
+    measured = train_local(build_model("tiny", "kt", image_size=32), data,
+                           TrainConfig(lr=0.1, batch_size=4, epochs=2, affinity_every=2))
+    assert measured.affinity_count == 2 and measured.affinity_samples == 8  # batches 0 and 2, 4 samples each
