@@ -15,13 +15,15 @@ Conventions (the choices the formula leaves open):
   L_j(θ_s) they are compared with, so both use the batch's statistics. Every buffer they touch
   (running mean/var, num_batches_tracked) is restored bit for bit afterwards, as are the encoder
   weights and the global RNG state, so measuring never changes the training trajectory.
-- L_j(θ_s) is taken from the real training step's forward pass (no extra forward) in float32
-  training. The lookahead is always float32: Z is a relative loss change of about η·|Z| ≈ 5e-5 per
+- L_j(θ_s) is taken from the real training step's forward pass (no extra forward) in strict
+  float32 training. The lookahead is always float32: Z is a relative loss change of about η·|Z| ≈ 5e-5 per
   step, the size of bf16 rounding in a mean loss, so bf16 losses turn it into noise (audit-2026-11);
   bf16 gradients are not enough either (tiny network at 32 px, at initialisation: median |ΔZ| 27-77 %
-  of median |Z|, 83-92 % of signs kept). Under bf16 training the trainer therefore measures a
-  lookahead batch with `batch_affinity` (its own float32 forward, gradients and losses) before the
-  bf16 training step. A task whose L_j(θ_s) is 0 gets Z[:, j] = 0 (nothing to improve).
+  of median |Z|, 83-92 % of signs kept), and TF32 (cuDNN's default for float32 convolutions on
+  recent GPUs) rounds within a factor of ten of it. Under bf16 training, or float32 with TF32 on a
+  GPU, the trainer therefore measures a lookahead batch with `batch_affinity` (its own strict
+  float32 forward, gradients and losses, `strict_fp32`) before the training step. A task whose
+  L_j(θ_s) is 0 gets Z[:, j] = 0 (nothing to improve).
 
 Cost per lookahead batch (exact): n backward passes through one decoder each (∂L_i/∂rep) and n
 vector-Jacobian products through the encoder for the per-task gradients, all on the training step's
@@ -149,10 +151,29 @@ def _ratio_affinity(before: np.ndarray, after: np.ndarray, lr: float) -> np.ndar
     return z
 
 
+def tf32_allowed(device: torch.device | str) -> bool:
+    """Whether float32 convolutions or matmuls on `device` may round to TF32 (10-bit mantissa, the
+    default for cuDNN convolutions on Ampere and later GPUs)."""
+    return torch.device(device).type == "cuda" and (torch.backends.cudnn.allow_tf32
+                                                    or torch.backends.cuda.matmul.allow_tf32)
+
+
+@contextmanager
+def strict_fp32() -> Iterator[None]:
+    """Float32 without TF32 rounding inside the block: TF32's rounding error is within a factor of
+    ten of the loss changes the lookahead measures, so its passes turn TF32 off."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _fp32_losses(net: nn.Module, batch: Mapping[str, Tensor], loss_fn: LossFn) -> np.ndarray:
-    """The task losses of one forward pass in float32, even inside an outer autocast region."""
+    """The task losses of one forward pass in float32 (no TF32), even inside an autocast region."""
     device_type = batch["rgb"].device.type
-    with torch.autocast(device_type=device_type, enabled=False):
+    with torch.autocast(device_type=device_type, enabled=False), strict_fp32():
         out = net.decode(net.encode(batch["rgb"]))
         return _as_float(loss_fn(out, batch, net.tasks), net.tasks)
 
@@ -228,14 +249,14 @@ def batch_affinity(net: nn.Module, batch: Mapping[str, Tensor], *, lr: float, we
     """The affinity of one batch on its own (its own forward pass); `net` is left exactly as it was.
 
     Runs in `net`'s current mode (use training mode to match what clients measure during training),
-    in float32 even inside an autocast region. `bf16_gradients` takes the per-task gradients from a
-    bf16-autocast forward pass instead (the losses of the ratio stay float32): a cheaper variant
-    that benchmarks compare with; training never uses it.
+    in float32 even inside an autocast region, with TF32 off (`strict_fp32`). `bf16_gradients`
+    takes the per-task gradients from a bf16-autocast forward pass instead (the losses of the ratio
+    stay float32): a cheaper variant that benchmarks compare with; training never uses it.
     """
     loss_fn = loss_fn or _default_loss_fn()
     params = encoder_params(net)
     autocast = torch.autocast(device_type=batch["rgb"].device.type, dtype=torch.bfloat16, enabled=bf16_gradients)
-    with preserved_state(net), torch.enable_grad():
+    with preserved_state(net), torch.enable_grad(), strict_fp32():
         with autocast:
             rep = net.encode(batch["rgb"])
             out = net.decode(rep)

@@ -28,6 +28,7 @@ from mas_flower.affinity import (
     is_lookahead_batch,
     lookahead_from_gradients,
     task_encoder_gradients,
+    tf32_allowed,
 )
 from mas_flower.metrics import TaskMetrics
 from mas_flower.weighting import Weighting, get_weighting, list_weightings
@@ -228,8 +229,9 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
     generator = torch.Generator().manual_seed(cfg.seed)
     precision = resolve_precision(cfg.precision, device)
-    # The lookahead is float32 (mas_flower.affinity): under bf16 it cannot share the step's graph.
-    shared_graph = precision == "fp32"
+    # The lookahead is strict float32 (mas_flower.affinity): it shares the training step's graph
+    # only when that step is strict float32 too (not bf16, not TF32 convolutions on a GPU).
+    shared_graph = precision == "fp32" and not tf32_allowed(device)
     accumulator = AffinityAccumulator(tasks)
     loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     seen = steps = 0
