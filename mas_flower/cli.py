@@ -59,7 +59,10 @@ def _deploy_local(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mas_flower import __version__
+
     parser = argparse.ArgumentParser(prog="mas-flower", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mas-flower {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic dataset in Taskonomy's layout and encodings")

@@ -1,7 +1,7 @@
 """Run settings: the flat run config of `flwr run` turned into one validated, typed object.
 
-Defaults live only in the app's `pyproject.toml` (`[tool.flwr.app.config]`); this module only types and
-checks them, so that bad input fails before any training with a message naming the key.
+Defaults live only in `mas_flower.defaults` (mirrored in `pyproject.toml` for Flower); this module only
+types and checks them, so that bad input fails before any training with a message naming the key.
 """
 
 from __future__ import annotations

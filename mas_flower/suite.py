@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from mas_flower.defaults import app_defaults
 from mas_flower.settings import SPLIT_METHODS, Settings
 from mas_flower.tasks import parse_tasks
 
@@ -260,8 +261,6 @@ class _Checker:
         return None, out if len(out) == len(SYNTHETIC_KEYS) else None
 
     def run_config(self, methods: list[MethodSpec], task_sets: list[str]) -> dict[str, Any]:
-        from server_app.config import app_defaults
-
         config = self.raw.get("run_config", {}) or {}
         if not isinstance(config, dict):
             self.bad("run_config", f"must be a mapping of run-config keys, got {config!r}")
@@ -298,8 +297,6 @@ class _Checker:
                 self.bad("run_config", f"{problem} (for {what})")
 
     def effective_config(self, run_config: dict[str, Any]) -> dict[str, Any]:
-        from server_app.config import app_defaults
-
         return {**app_defaults(), **run_config}
 
     def nodes(self, config: dict[str, Any], synthetic: dict[str, int] | None, root: Path | None,
