@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import tomli_w
+
 from mas_flower.results import RESULTS_FILE, write_json
 from mas_flower.suite import RunSpec, Suite, load_suite
 from mas_flower.summary import load_runs, write_summary
@@ -98,13 +100,25 @@ def _launch(suite: Suite, run: RunSpec, env: dict[str, str], log: Path) -> tuple
     """One `flwr run`, its output into `log`; never raises for a failed run (returns its status)."""
     from mas_flower.launch import launch
 
-    config = " ".join(f"{k}={_toml(v)}" for k, v in suite.run_config_for(run).items())
+    config = write_run_config(suite, run, log)
     with log.open("w") as f, contextlib.redirect_stdout(f):
         try:
-            return launch(suite.nodes, suite.cpus_per_node, suite.gpus_per_node, ["--run-config", config], env)
+            return launch(suite.nodes, suite.cpus_per_node, suite.gpus_per_node, ["--run-config", str(config)], env)
         except Exception as err:  # a run that could not start or report: record it and go on
             print(f"launch failed: {type(err).__name__}: {err}")
             return None, f"error: {type(err).__name__}: {err}".splitlines()[0]
+
+
+def write_run_config(suite: Suite, run: RunSpec, log: Path) -> Path:
+    """The run's config as a TOML file beside its log, for `flwr run --run-config FILE`.
+
+    A file, not `key=value` text: flwr's text parser cannot carry every string (a path with spaces
+    and both kinds of quotes); a TOML file carries any value intact.
+    """
+    path = log.with_name(f"{log.stem}.run-config.toml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(suite.run_config_for(run)), encoding="utf-8")
+    return path
 
 
 def _prepare_data(suite: Suite) -> None:
@@ -193,15 +207,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _toml(value: object) -> str:
-    """A run-config value as `flwr run --run-config` parses it (TOML scalars)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("'", "") + "'"
 
 
 def _hms(seconds: float) -> str:
