@@ -13,7 +13,6 @@ unless it completed. It only shells out to the `flwr` command; the library never
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -143,14 +142,10 @@ def run_app(nodes: int, cpus_per_node: float = 1.0, gpus_per_node: float = 0.0, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--nodes", type=int, default=6, help="simulated SuperNodes (one building each)")
-    parser.add_argument("--cpus-per-node", type=float, default=1.0)
-    parser.add_argument("--gpus-per-node", type=float, default=0.0)
-    parser.add_argument("--flwr-home", type=Path, default=None, help="default: a fresh folder per run")
-    parser.add_argument("extra", nargs="*", help="further `flwr run` arguments (after --)")
-    args = parser.parse_args(argv)
-    return run_app(args.nodes, args.cpus_per_node, args.gpus_per_node, args.extra, args.flwr_home)
+    """`python -m mas_flower.launch [OPTIONS] [-- FLWR_ARGS]`: the same as `mas-flower run`."""
+    from mas_flower.cli import main as cli
+
+    return cli(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
