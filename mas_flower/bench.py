@@ -26,7 +26,7 @@ from pathlib import Path
 import tomli_w
 from filelock import FileLock, Timeout
 
-from mas_flower.launch import launch, own_superlink
+from mas_flower.launch import check_app_dir, launch, own_superlink
 from mas_flower.results import RESULTS_FILE, write_json
 from mas_flower.suite import RunSpec, Suite, load_suite
 from mas_flower.summary import load_runs, write_summary
@@ -44,6 +44,7 @@ def run_suite(path: Path, dry_run: bool = False) -> int:
             done = " (done)" if (suite.runs_dir / run.name / RESULTS_FILE).is_file() else ""
             print(f"  {k}/{len(runs)} {run.name}{done}")
         return 0
+    check_app_dir()
     _check_gpus(suite)
     suite.output.mkdir(parents=True, exist_ok=True)
     with _lock(suite.output):

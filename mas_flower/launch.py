@@ -87,6 +87,16 @@ def own_superlink(flwr_home: Path, env: dict[str, str] | None = None,
             say("no SuperLink of this run is left running")
 
 
+def check_app_dir(app_dir: Path = APP_DIR) -> None:
+    """FileNotFoundError unless `app_dir` is a Flower app folder (`flwr run` reads its pyproject.toml).
+
+    From a wheel install the package has no app folder beside it: runs need a checkout (`--app-dir`).
+    """
+    if not (app_dir / "pyproject.toml").is_file():
+        raise FileNotFoundError(f"{app_dir} holds no pyproject.toml, so `flwr run` cannot run the app from it: "
+                                "give the app folder (a checkout of mas-flower)")
+
+
 def run_status(run_id: int, env: dict[str, str] | None = None, app_dir: Path = APP_DIR) -> str:
     """The status string of run `run_id`, e.g. 'finished:completed' or 'finished:failed'."""
     out = subprocess.run([flwr_command(), "ls", "--run-id", str(run_id), "--format", "json"],
@@ -133,8 +143,7 @@ def default_flwr_home() -> Path:
 def run_app(nodes: int, cpus_per_node: float = 1.0, gpus_per_node: float = 0.0, extra: list[str] | None = None,
             flwr_home: Path | None = None, app_dir: Path = APP_DIR) -> int:
     """What `./run.sh` and `mas-flower run` do: one simulated run on a SuperLink of its own; 0 if it completed."""
-    if not (app_dir / "pyproject.toml").is_file():
-        raise FileNotFoundError(f"{app_dir} holds no pyproject.toml: give the app folder (a checkout of mas-flower)")
+    check_app_dir(app_dir)
     with own_superlink(flwr_home or default_flwr_home()) as env:
         run_id, status = launch(nodes, cpus_per_node, gpus_per_node, list(extra or []), env, app_dir)
     print(f"run {run_id}: {status}")

@@ -82,3 +82,7 @@ def test_wheel_installs_into_a_fresh_venv_and_the_cli_runs(tmp_path: Path) -> No
                          text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert "2 runs into" in dry.stdout and "fedavg-sdk-seed0" in dry.stdout
+    # A real run needs the app folder `flwr run` reads: refused up front, naming it, with nothing started.
+    real = subprocess.run([cli, "bench", str(suite)], cwd=away, env=env, capture_output=True, text=True, timeout=120)
+    assert real.returncode == 2 and "holds no pyproject.toml" in real.stderr, real.stderr
+    assert not (away / "out").exists()
