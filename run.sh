@@ -13,4 +13,4 @@ fi
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export MAS_FLOWER_HOME="${MAS_FLOWER_HOME:-$HOME/mas-flower}"
 NODES="${MAS_FLOWER_NODES:-6}"
-exec .venv/bin/python -m mas_flower.launch --nodes "$NODES" -- "$@"
+exec .venv/bin/mas-flower run --nodes "$NODES" -- "$@"

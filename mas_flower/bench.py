@@ -6,10 +6,10 @@ done when its results.json exists, so an interrupted suite resumes where it stop
 without results.json is moved to `<output>/incomplete/` and the run redone). A failed run is
 recorded in `<output>/bench-status.json` and the others go on; the exit code is 1 if any failed.
 
-Flower isolation: the suite uses its own FLWR_HOME (`<output>/.flwr`) and its own free port for
-the managed SuperLink, so it neither touches the user's Flower config nor reuses (or is broken by)
-a SuperLink someone else started. The SuperLink it started is stopped at the end by PID, found by
-that FLWR_HOME path in its command line.
+Flower isolation: the suite uses its own FLWR_HOME (`<output>/.flwr`) and its own free ports for
+the managed SuperLink (`mas_flower.launch.own_superlink`), so it neither touches the user's Flower
+config nor reuses (or is broken by) a SuperLink someone else started. The SuperLink it started is
+stopped at the end by PID, found by that FLWR_HOME path in its command line.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import tomli_w
+from filelock import FileLock, Timeout
+
+from mas_flower.launch import check_app_dir, launch, own_superlink
 from mas_flower.results import RESULTS_FILE, write_json
 from mas_flower.suite import RunSpec, Suite, load_suite
 from mas_flower.summary import load_runs, write_summary
@@ -41,15 +44,13 @@ def run_suite(path: Path, dry_run: bool = False) -> int:
             done = " (done)" if (suite.runs_dir / run.name / RESULTS_FILE).is_file() else ""
             print(f"  {k}/{len(runs)} {run.name}{done}")
         return 0
+    check_app_dir()
     _check_gpus(suite)
     suite.output.mkdir(parents=True, exist_ok=True)
     with _lock(suite.output):
-        stop_superlink(suite.flwr_home)  # a leftover of this suite's own earlier, killed invocation
         _prepare_data(suite)
-        try:
-            failed = _run_all(suite, runs)
-        finally:
-            stop_superlink(suite.flwr_home)
+        with own_superlink(suite.flwr_home) as env:
+            failed = _run_all(suite, runs, env)
         finished = [suite.runs_dir / r.name for r in runs if (suite.runs_dir / r.name / RESULTS_FILE).is_file()]
         if finished:
             csv_path, md_path = write_summary(suite.output, load_runs(finished), [m.label for m in suite.methods])
@@ -59,11 +60,9 @@ def run_suite(path: Path, dry_run: bool = False) -> int:
     return 1 if failed else 0
 
 
-def _run_all(suite: Suite, runs: list[RunSpec]) -> dict[str, str]:
+def _run_all(suite: Suite, runs: list[RunSpec], env: dict[str, str]) -> dict[str, str]:
     status_path = suite.output / STATUS_FILE
     statuses = json.loads(status_path.read_text()) if status_path.is_file() else {}
-    env = {**os.environ, "FLWR_HOME": str(suite.flwr_home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     (suite.output / "logs").mkdir(exist_ok=True)
     todo = [r for r in runs if not (suite.runs_dir / r.name / RESULTS_FILE).is_file()]
     print(f"suite {suite.path}: {len(runs)} runs, {len(runs) - len(todo)} done earlier, {len(todo)} to run")
@@ -96,15 +95,25 @@ def _run_all(suite: Suite, runs: list[RunSpec]) -> dict[str, str]:
 
 def _launch(suite: Suite, run: RunSpec, env: dict[str, str], log: Path) -> tuple[int | None, str]:
     """One `flwr run`, its output into `log`; never raises for a failed run (returns its status)."""
-    from mas_flower.launch import launch
-
-    config = " ".join(f"{k}={_toml(v)}" for k, v in suite.run_config_for(run).items())
+    config = write_run_config(suite, run, log)
     with log.open("w") as f, contextlib.redirect_stdout(f):
         try:
-            return launch(suite.nodes, suite.cpus_per_node, suite.gpus_per_node, ["--run-config", config], env)
+            return launch(suite.nodes, suite.cpus_per_node, suite.gpus_per_node, ["--run-config", str(config)], env)
         except Exception as err:  # a run that could not start or report: record it and go on
             print(f"launch failed: {type(err).__name__}: {err}")
             return None, f"error: {type(err).__name__}: {err}".splitlines()[0]
+
+
+def write_run_config(suite: Suite, run: RunSpec, log: Path) -> Path:
+    """The run's config as a TOML file beside its log, for `flwr run --run-config FILE`.
+
+    A file, not `key=value` text: flwr's text parser cannot carry every string (a path with spaces
+    and both kinds of quotes); a TOML file carries any value intact.
+    """
+    path = log.with_name(f"{log.stem}.run-config.toml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(suite.run_config_for(run)), encoding="utf-8")
+    return path
 
 
 def _prepare_data(suite: Suite) -> None:
@@ -136,72 +145,20 @@ def _move_aside(run_dir: Path, dest: Path) -> None:
     print(f"  {run_dir} had no {RESULTS_FILE} (an interrupted run): moved to {target}, redoing it")
 
 
-def superlink_pids(flwr_home: Path) -> list[int]:
-    """PIDs of processes whose command line names this FLWR_HOME's managed SuperLink folder."""
-    fragment = str(flwr_home / "local-superlink").encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if fragment in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-    return pids
-
-
-def stop_superlink(flwr_home: Path, timeout: float = 10.0) -> None:
-    """SIGTERM (then SIGKILL) each SuperLink started under `flwr_home`, and the apps in its process group
-    (Flower starts the managed SuperLink in a session of its own, so its PID leads that group)."""
-    for pid in superlink_pids(flwr_home):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, sig)
-                else:
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.1)
-            if not _alive(pid):
-                break
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):  # a zombie is as good as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    return False
-
-
 @contextlib.contextmanager
-def _lock(output: Path):
-    """Refuse a second bench on the same output folder while one runs."""
-    lock = output / ".bench.lock"
-    text = lock.read_text().strip() if lock.is_file() else ""
-    if text.isdigit() and int(text) != os.getpid() and _alive(int(text)):
-        raise ValueError(f"{output}: another `mas-flower bench` (pid {text}) is running this suite")
-    lock.write_text(str(os.getpid()))
+def _lock(output: Path) -> Iterator[None]:
+    """Refuse a second bench on the same output folder while one runs (an OS file lock: a killed
+    bench holds it no more)."""
+    lock = FileLock(output / ".bench.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{output}: another `mas-flower bench` is running this suite "
+                         f"(it holds {lock.lock_file})") from None
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _toml(value: object) -> str:
-    """A run-config value as `flwr run --run-config` parses it (TOML scalars)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("'", "") + "'"
+        lock.release()
 
 
 def _hms(seconds: float) -> str:

@@ -165,7 +165,7 @@ def toml_string(value: str) -> str:
 
 def plan_deployment(nodes: int, run_config: str, data_root: str) -> Plan:
     """Validate the settings and find (or generate) the data, so that nothing starts for nothing."""
-    from server_app.config import load_settings, synthetic_root  # imports no Flower
+    from mas_flower.defaults import load_settings, synthetic_root
 
     if nodes < 1:
         raise ValueError(f"--nodes={nodes} must be at least 1")

@@ -1,9 +1,9 @@
 """Start processes in their own sessions and stop exactly them, with everything they spawned.
 
 Flower's SuperLink starts its SuperExec in a new session (so killing the SuperLink's process group
-misses it) and SuperExecs start the app processes. The set below therefore follows parent links in
-/proc from the processes it started, remembers every descendant it ever saw (pid + start time, so a
-reused pid is never signalled), and stops them all: SIGTERM, a grace period, then SIGKILL. Linux only.
+misses it) and SuperExecs start the app processes. The set below therefore follows parent links
+(psutil) from the processes it started, remembers every descendant it ever saw (pid + creation
+time, so a reused pid is never signalled), and stops them all: SIGTERM, a grace period, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -14,30 +14,63 @@ import json
 import os
 import signal
 import subprocess
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 _PR_SET_PDEATHSIG = 1
 
 
-def proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, start time in clock ticks) of a live pid from /proc, or None."""
+def _process(pid: int, starttime: float | None = None) -> psutil.Process | None:
+    """The live process `pid` (zombies count as dead), only if it was created at `starttime` when given."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        if starttime is not None and proc.create_time() != starttime:
+            return None
+        return proc
+    except psutil.Error:
         return None
-    rest = raw[raw.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
-    return rest[0], int(rest[1]), int(rest[19])
 
 
-def process_alive(pid: int, starttime: int | None = None) -> bool:
-    """True if `pid` runs (zombies count as dead) and, when given, is the process started at `starttime`."""
-    stat = proc_stat(pid)
-    if stat is None or stat[0] in ("Z", "X"):
-        return False
-    return starttime is None or stat[2] == starttime
+def process_alive(pid: int, starttime: float | None = None) -> bool:
+    """True if `pid` runs (zombies count as dead) and, when given, is the process created at `starttime`
+    (`psutil.Process.create_time()`, seconds since the epoch)."""
+    return _process(pid, starttime) is not None
+
+
+def pids_with_arg(fragment: str) -> list[int]:
+    """PIDs (other than this one) whose command line contains `fragment`, e.g. a private FLWR_HOME path."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if fragment in cmdline and proc.pid != os.getpid():
+            found.append(proc.pid)
+    return found
+
+
+def stop_trees(pids: Iterable[int], grace: float = 10.0) -> list[int]:
+    """SIGTERM each pid and all its descendants, SIGKILL what is left after `grace` s; return the pids
+    that were signalled (survivors of SIGKILL are not expected: they would be uninterruptible)."""
+    procs: dict[int, psutil.Process] = {}
+    for pid in pids:
+        if (proc := _process(pid)) is not None:
+            procs[proc.pid] = proc
+            with contextlib.suppress(psutil.Error):
+                procs.update({c.pid: c for c in proc.children(recursive=True)})
+    for proc in procs.values():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5.0)
+    return sorted(procs)
 
 
 def _die_with_parent() -> None:
@@ -69,7 +102,7 @@ class ProcessSet:
     def __init__(self, pid_file: Path) -> None:
         self.pid_file = pid_file
         self.started: list[Started] = []
-        self.seen: dict[int, dict[str, Any]] = {}  # pid -> {"starttime", "name", "cmd"}
+        self.seen: dict[int, dict[str, Any]] = {}  # pid -> {"pid", "starttime", "name", "cmd"}
         self.state: dict[str, Any] = {"launcher_pid": os.getpid(), "phase": "starting"}
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], log: Path, cwd: Path,
@@ -82,36 +115,32 @@ class ProcessSet:
                                      start_new_session=True, preexec_fn=_die_with_parent)
         proc = Started(name, popen, log, dict(info))
         self.started.append(proc)
-        self._remember(popen.pid, name)
+        if (p := _process(popen.pid)) is not None:
+            self._remember(p, name)
         self.refresh()
         return proc
 
-    def _remember(self, pid: int, name: str) -> None:
-        stat = proc_stat(pid)
-        if stat is None:
-            return
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            cmd = ""
-        self.seen[pid] = {"pid": pid, "starttime": stat[2], "name": name, "cmd": cmd}
+    def _remember(self, proc: psutil.Process, name: str) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.seen[proc.pid] = {"pid": proc.pid, "starttime": proc.create_time(), "name": name,
+                                   "cmd": " ".join(proc.cmdline())}
+
+    def _live(self) -> list[tuple[psutil.Process, str]]:
+        return [(p, rec["name"]) for pid, rec in self.seen.items()
+                if (p := _process(pid, rec["starttime"])) is not None]
 
     def refresh(self) -> None:
-        """Record every live descendant of the started processes, then rewrite the pid file."""
-        children: dict[int, list[int]] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and (stat := proc_stat(int(entry.name))) is not None:
-                children.setdefault(stat[1], []).append(int(entry.name))
-        # From every live process already known, so that orphans (reparented to init when their parent
-        # died) still lead to the processes they start.
-        todo = [(pid, rec["name"]) for pid, rec in self.seen.items() if process_alive(pid, rec["starttime"])]
-        while todo:
-            parent, name = todo.pop()
-            for pid in children.get(parent, []):
-                known = self.seen.get(pid)
-                if known is None or not process_alive(pid, known["starttime"]):
-                    self._remember(pid, name if name.endswith(" child") else f"{name} child")
-                    todo.append((pid, name))
+        """Record every live descendant of the processes seen so far, then rewrite the pid file.
+
+        From every live process already known, so that orphans (reparented to init when their
+        parent died) still lead to the processes they start.
+        """
+        for parent, name in self._live():
+            with contextlib.suppress(psutil.Error):
+                for child in parent.children(recursive=True):
+                    known = self.seen.get(child.pid)
+                    if known is None or not process_alive(child.pid, known["starttime"]):
+                        self._remember(child, name if name.endswith(" child") else f"{name} child")
         self.write()
 
     def set_phase(self, phase: str, **extra: Any) -> None:
@@ -127,30 +156,24 @@ class ProcessSet:
 
     def alive(self) -> list[int]:
         """Pids of this set (started or descendant) that still run."""
-        return [pid for pid, rec in self.seen.items() if process_alive(pid, rec["starttime"])]
+        return [p.pid for p, _ in self._live()]
 
     def stop(self, grace: float) -> list[int]:
         """SIGTERM everything, SIGKILL what is left after `grace` seconds; return pids that survived both."""
-        self.refresh()
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            self.refresh()  # a process may have spawned another since
             for proc in self.started:  # whole process groups first: catches children not yet seen
                 if proc.popen.poll() is None:  # our own unreaped child: its pid cannot have been reused
-                    _signal(lambda s, p=proc.pid: os.killpg(p, s), sig)
-            for pid in self.alive():
-                _signal(lambda s, p=pid: os.kill(p, s), sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                for proc in self.started:
-                    proc.popen.poll()  # reap our own children so they do not linger as zombies
-                if not self.alive():
-                    break
-                time.sleep(0.1)
-            self.refresh()  # a process may have spawned another before it died
-        for proc in self.started:
-            proc.popen.poll()
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, sig)
+            live = [p for p, _ in self._live()]
+            for p in live:
+                with contextlib.suppress(psutil.Error):
+                    p.send_signal(sig)
+            psutil.wait_procs(live, timeout=wait)
+            for proc in self.started:
+                proc.popen.poll()  # reap our own children so they do not linger as zombies
+            if not self.alive():
+                break
+        self.refresh()
         return self.alive()
-
-
-def _signal(send: Any, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        send(sig)

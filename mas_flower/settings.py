@@ -1,7 +1,7 @@
 """Run settings: the flat run config of `flwr run` turned into one validated, typed object.
 
-Defaults live only in the app's `pyproject.toml` (`[tool.flwr.app.config]`); this module only types and
-checks them, so that bad input fails before any training with a message naming the key.
+Defaults live only in `mas_flower.defaults` (mirrored in `pyproject.toml` for Flower); this module only
+types and checks them, so that bad input fails before any training with a message naming the key.
 """
 
 from __future__ import annotations
@@ -118,6 +118,9 @@ class Settings:
             problems.append(f"node-timeout={self.node_timeout} must be positive")
         if self.resume and not Path(self.resume).is_absolute():
             problems.append(f"resume={self.resume!r} must be the absolute path of a run folder")
+        if self.seed < 0:
+            problems.append(f"seed={self.seed} must be a non-negative integer")
+        problems.extend(_energy_problems(self.energy_country, self.energy_intensity))
         if self.lr <= 0:
             problems.append(f"lr={self.lr} must be positive")
         if self.fedprox_mu < 0 or self.gradnorm_alpha < 0:
@@ -136,6 +139,21 @@ class Settings:
 
     def to_run_config(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _energy_problems(country: str, intensity: float) -> list[str]:
+    """Whether carbontracker can price the run's energy: a fixed energy-intensity, or a bundled country."""
+    from mas_flower.energy import resolve_intensity  # reads carbontracker's table, imports no tracker
+
+    try:
+        resolve_intensity(country or None, intensity or None)
+    except ValueError as err:
+        reason = str(err).replace("intensity_g_per_kwh", "energy-intensity")
+        if intensity:
+            return [] if intensity < 0 else [f"energy-intensity={intensity!r}: {reason}"]  # < 0: said elsewhere
+        hint = "" if "energy-intensity" in reason else "; or set energy-intensity=<gCO2eq/kWh>"
+        return [f"energy-country={country!r}: {reason}{hint}"]
+    return []
 
 
 def home() -> Path:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from mas_flower.defaults import app_defaults
 from mas_flower.settings import SPLIT_METHODS, Settings, did_you_mean
 from mas_flower.tasks import parse_tasks
 
@@ -199,6 +200,9 @@ class _Checker:
 
     def int_list(self, key: str) -> list[int]:
         values = self.list_of(key, int)
+        for i, value in enumerate(values):
+            if value < 0:
+                self.bad(f"{key}[{i}]", f"must be a non-negative integer, got {value}")
         self.no_duplicates(key, values)
         return values
 
@@ -260,8 +264,6 @@ class _Checker:
         return None, out if len(out) == len(SYNTHETIC_KEYS) else None
 
     def run_config(self, methods: list[MethodSpec], task_sets: list[str]) -> dict[str, Any]:
-        from server_app.config import app_defaults
-
         config = self.raw.get("run_config", {}) or {}
         if not isinstance(config, dict):
             self.bad("run_config", f"must be a mapping of run-config keys, got {config!r}")
@@ -275,10 +277,10 @@ class _Checker:
             elif key not in defaults:
                 self.bad(where, f"not a run-config key of the app{did_you_mean(key, defaults)}; "
                          f"known: {', '.join(sorted(defaults))}")
-            elif not _same_kind(value, defaults[key]):
+            elif (typed := _as_kind(value, defaults[key])) is None:
                 self.bad(where, f"expected {type(defaults[key]).__name__}, got {value!r}")
             else:
-                good[key] = value
+                good[key] = typed
         # Cross-key rules (merge-rounds <= num-rounds, ...) for the keys, methods and task sets that passed.
         base = {**defaults, **good, "data-root": "/", "output-dir": "/"}
         valid_sets = [ts for ts in task_sets if _parses(ts)]
@@ -297,8 +299,6 @@ class _Checker:
                 self.bad("run_config", f"{problem} (for {what})")
 
     def effective_config(self, run_config: dict[str, Any]) -> dict[str, Any]:
-        from server_app.config import app_defaults
-
         return {**app_defaults(), **run_config}
 
     def nodes(self, config: dict[str, Any], synthetic: dict[str, int] | None, root: Path | None,
@@ -346,10 +346,19 @@ def _parses(letters: str) -> bool:
     return True
 
 
-def _same_kind(value: Any, default: Any) -> bool:
-    """Whether a YAML value fits a run-config key whose default is `default` (ints pass for floats)."""
+def _as_kind(value: Any, default: Any) -> Any:
+    """A YAML value as the type of a run-config key whose default is `default`, or None if it does not fit.
+
+    Ints pass for floats. So do float strings such as `1e-3`: YAML 1.1 (PyYAML) reads an exponent
+    without a dot as a string, while TOML, and so `flwr run --run-config "lr=1e-3"`, reads a float.
+    """
     if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
+        return value if isinstance(value, bool) and isinstance(default, bool) else None
     if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                return None
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return value if isinstance(value, type(default)) else None

@@ -27,8 +27,9 @@ from mas_flower.methods import Method, Stage, StageOutcome
 from mas_flower.methods.base import FederationSpec, State
 from mas_flower.models import build_model
 from mas_flower.settings import Settings
-from server_app.checkpoint import save_checkpoint
+from server_app.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from server_app.exchange import exchange
+from server_app.nodes import wait_for_nodes
 from server_app.replies import reject_evaluate_reply, reject_train_reply
 
 
@@ -98,12 +99,7 @@ class FederatedRunner:
     def discover(self) -> dict[int, str]:
         """Ask every node which building it holds; map node ids (random per run) to buildings."""
         need = self.settings.clients_per_round
-        deadline = time.monotonic() + self.settings.node_timeout
-        while len(ids := sorted(self.grid.get_node_ids())) < need and time.monotonic() < deadline:
-            log(INFO, "waiting for nodes: %d connected, %d needed", len(ids), need)
-            time.sleep(1.0)
-        if len(ids) < need:
-            raise ValueError(f"clients-per-round={need} but only {len(ids)} nodes are connected")
+        ids = wait_for_nodes(self.grid, need, self.settings.node_timeout)
         query = RecordDict({P.CONFIG: ConfigRecord(self.data_config())})
         tagged = [(nid, Message(content=query, dst_node_id=nid, message_type=f"{MessageType.QUERY}.{P.INFO_QUERY}"))
                   for nid in ids]
@@ -191,9 +187,11 @@ class FederatedRunner:
                 return self._aggregate(stage, rnd, states, sampled, accepted, failed)
             log(WARNING, "round %d attempt %d/%d: too few valid replies %s (min-replies=%d)", rnd + 1, attempt + 1,
                 s.round_retries + 1, short, s.min_replies)
+        saved = self.run_dir is not None and (self.run_dir / CHECKPOINT_FILE).is_file()
+        resume = f", its checkpoint is in {self.run_dir} (resume='{self.run_dir}')" if saved else \
+            " before any checkpoint was written (nothing to resume: start it again)"
         raise RoundFailed(f"round {rnd + 1}: fewer than min-replies={s.min_replies} valid replies after "
-                          f"{s.round_retries + 1} attempts ({'; '.join(failed)}); the run stops here, its "
-                          f"checkpoint is in {self.run_dir} (resume='{self.run_dir}')")
+                          f"{s.round_retries + 1} attempts ({'; '.join(failed)}); the run stops here{resume}")
 
     def _aggregate(self, stage: Stage, rnd: int, states: dict[str, State], sampled: list[int],
                    accepted: dict[str, list[Message]], failed: list[str]) -> dict[str, Any]:

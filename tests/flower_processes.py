@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import time
-from pathlib import Path
+
+from mas_flower.processes import pids_with_arg, stop_trees
+
+__all__ = ["pids_with_arg", "port_in_use", "stop_process_group"]
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -14,32 +14,6 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def pids_with_arg(fragment: str) -> list[int]:
-    """PIDs whose command line contains `fragment` (e.g. this test's private FLWR_HOME path)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if fragment in cmdline:
-            found.append(int(proc.name))
-    return found
-
-
 def stop_process_group(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM the process group led by `pid` (the SuperLink and the apps it spawned), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
+    """SIGTERM `pid` (e.g. the SuperLink) and every process it spawned, then SIGKILL what is left."""
+    stop_trees([pid], grace=timeout)

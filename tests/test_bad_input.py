@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from mas_flower.launch import launch
-from tests.flower_processes import pids_with_arg, port_in_use, stop_process_group
+from mas_flower.launch import launch, own_superlink
 from tests.test_app_simulation import run_app
 
 GOOD = {"method": "mas", "task-set": "sdk", "splits": 2, "num-rounds": 2, "merge-rounds": 1, "affinity-rounds": 1,
@@ -52,17 +50,9 @@ def test_missing_building_is_named(private_homes, tiny_federation: Path, tmp_pat
 
 
 def test_bad_input_through_flwr_run_ends_failed(private_homes, tiny_federation: Path, tmp_path: Path) -> None:
-    if port_in_use(39091):
-        pytest.skip("a managed SuperLink from elsewhere already listens on 39091")
-    flwr_home = tmp_path / "flwr"
-    flwr_home.mkdir()
-    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
     out = tmp_path / "out"
-    try:
+    with own_superlink(tmp_path / "flwr", say=lambda _: None) as env:
         _, status = launch(nodes=2, cpus_per_node=1, gpus_per_node=0, env=env, extra=[
             "--run-config", f"task-set='sdq' data-root='{tiny_federation}' output-dir='{out}'"])
-    finally:
-        for pid in pids_with_arg(str(flwr_home / "local-superlink")):
-            stop_process_group(pid)
     assert status == "finished:failed"
     assert not out.exists() or not any(out.iterdir())

@@ -189,3 +189,26 @@ def test_resume_redoes_only_the_unfinished_run(private_homes, tmp_path_factory: 
     assert {p: p.stat().st_mtime_ns for p in kept.rglob("*")} == kept_mtimes
     assert len(list(csv.DictReader((out / "summary.csv").open()))) == 2
     assert not pids_with_arg(str(out / ".flwr" / "local-superlink"))
+
+
+def test_second_bench_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    """The lock is an OS file lock held by another process: refused while held, free once it is gone."""
+    import subprocess
+    import sys
+
+    from mas_flower.bench import _lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    hold = (f"import time; from filelock import FileLock; lock = FileLock({str(out / '.bench.lock')!r}); "
+            "lock.acquire(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="another `mas-flower bench` is running this suite"), _lock(out):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with _lock(out):  # a killed bench holds nothing
+        pass

@@ -1,0 +1,88 @@
+"""The package installs like one: defaults in code, no Flower-layer imports from the library, and a
+wheel that works from a fresh virtual environment outside the checkout."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from mas_flower.defaults import RUN_CONFIG_DEFAULTS
+from tests.bench_suite import write_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject() -> dict:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def test_pyproject_run_config_equals_the_defaults_in_code() -> None:
+    flower = _pyproject()["tool"]["flwr"]["app"]["config"]
+    assert flower == RUN_CONFIG_DEFAULTS
+    assert {k: type(v) for k, v in flower.items()} == {k: type(v) for k, v in RUN_CONFIG_DEFAULTS.items()}
+
+
+def test_the_library_never_imports_the_flower_apps() -> None:
+    modules = [f"mas_flower.{p.stem}" for p in (ROOT / "mas_flower").glob("*.py") if p.stem != "__main__"]
+    modules += [f"mas_flower.{p.name}" for p in (ROOT / "mas_flower").iterdir() if (p / "__init__.py").is_file()]
+    code = ("import importlib, sys\n"
+            f"for m in {sorted(modules)!r}: importlib.import_module(m)\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('server_app', 'client_app'))\n"
+            "print(bad); sys.exit(1 if bad else 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _site_packages(python: Path) -> str:
+    return subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_wheel_installs_into_a_fresh_venv_and_the_cli_runs(tmp_path: Path) -> None:
+    """Build the wheel, install it (no deps, no network) into a new venv outside the checkout, run the CLI."""
+    dist = tmp_path / "dist"
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *isolation, "-w", str(dist),
+                            str(ROOT)], capture_output=True, text=True, timeout=300)
+    if built.returncode != 0 and not isolation and "hatchling" in built.stdout + built.stderr:
+        pytest.skip(f"the build backend (hatchling) is neither installed nor reachable: {built.stderr[-300:]}")
+    assert built.returncode == 0, built.stderr
+    (wheel,) = dist.glob("mas_flower-*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    # The heavy dependencies (torch, flwr, ...) come from the test's own environment, so nothing is
+    # downloaded: its site-packages is put on the new venv's path with a plain .pth line. A plain line
+    # is not scanned for .pth files, so an editable install of the checkout there stays invisible.
+    (Path(_site_packages(python)) / "_deps_from_test_env.pth").write_text(_site_packages(Path(sys.executable)) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, timeout=300, capture_output=True)
+
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["MAS_FLOWER_HOME"] = str(tmp_path / "home")
+    cli = str(venv / "bin" / "mas-flower")
+    where = subprocess.run([str(python), "-c", "import mas_flower; print(mas_flower.__file__)"], cwd=away, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(venv)), where
+    version = subprocess.run([cli, "--version"], cwd=away, env=env, capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"mas-flower {_pyproject()['project']['version']}"
+
+    suite = write_suite(away / "suite.yaml")
+    dry = subprocess.run([cli, "bench", "--dry-run", str(suite)], cwd=away, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert "2 runs into" in dry.stdout and "fedavg-sdk-seed0" in dry.stdout
+    # A real run needs the app folder `flwr run` reads: refused up front, naming it, with nothing started.
+    real = subprocess.run([cli, "bench", str(suite)], cwd=away, env=env, capture_output=True, text=True, timeout=120)
+    assert real.returncode == 2 and "holds no pyproject.toml" in real.stderr, real.stderr
+    assert not (away / "out").exists()
