@@ -54,6 +54,16 @@ class Settings:
     node_timeout: float
     energy_country: str
     energy_intensity: float
+    #: Flower strategy aggregating each federation (`mas_flower.strategy.aggregators`) and its hyperparameters.
+    server_strategy: str
+    server_lr: float
+    server_momentum: float
+    beta_1: float
+    beta_2: float
+    tau: float
+    trim_beta: float
+    #: Validate every this many rounds (and always in a stage's last round).
+    eval_every: int
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> Settings:
@@ -121,8 +131,26 @@ class Settings:
             problems.append(f"data-root={self.data_root!r} must be an absolute path (the app runs elsewhere)")
         if self.output_dir and not Path(self.output_dir).is_absolute():
             problems.append(f"output-dir={self.output_dir!r} must be an absolute path (the app runs elsewhere)")
+        problems += self._server_problems()
         if problems:
             raise ValueError("invalid run config: " + "; ".join(problems))
+
+    def _server_problems(self) -> list[str]:
+        from mas_flower.strategy.aggregators import SERVER_STRATEGIES
+
+        problems = []
+        if self.server_strategy not in SERVER_STRATEGIES:
+            problems.append(f"server-strategy={self.server_strategy!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+        if self.server_lr < 0 or self.server_momentum < 0 or self.tau <= 0:
+            problems.append("server-lr and server-momentum must be non-negative, tau positive")
+        for key in ("server_momentum", "beta_1", "beta_2"):
+            if not 0 <= getattr(self, key) < 1:
+                problems.append(f"{key.replace('_', '-')}={getattr(self, key)} must be in [0, 1)")
+        if not 0 <= self.trim_beta < 0.5:
+            problems.append(f"trim-beta={self.trim_beta} must be in [0, 0.5)")
+        if self.eval_every < 1:
+            problems.append(f"eval-every={self.eval_every} must be at least 1")
+        return problems
 
     def lr_at(self, round_index: int, total: int | None = None) -> float:
         """Learning rate of a round (0-based) under lr·(1 − r/R)^0.9."""
