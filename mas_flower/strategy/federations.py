@@ -83,6 +83,7 @@ class ParallelFederations(Strategy):
         self.stage, self.settings = stage, settings
         make = strategy_factory(aggregator, settings)
         self.strategies: dict[str, Strategy] = strategies or {f.name: make() for f in stage.federations}
+        _check_sampling(self.strategies, settings.clients_per_round)
         self.roster = roster or NodeRoster(settings)
         self.ledger = ledger or Ledger()
         self.on_round = on_round
@@ -347,6 +348,18 @@ class ParallelFederations(Strategy):
                 self.on_round(self)
         self.arrays = result.arrays
         return result
+
+
+def _check_sampling(strategies: dict[str, Strategy], k: int) -> None:
+    """A federation's Flower strategy sees only the round's K nodes: it must take all of them, and not
+    wait for more (Flower's `sample_nodes` would wait for ever)."""
+    for name, strategy in strategies.items():
+        fraction = getattr(strategy, "fraction_train", 1.0)
+        least = max(getattr(strategy, "min_train_nodes", 1), getattr(strategy, "min_available_nodes", 1))
+        if fraction != 1.0 or least > k:
+            raise ValueError(f"federation {name!r}: its {type(strategy).__name__} has fraction_train={fraction} and "
+                             f"needs {least} nodes, but a round gives it exactly clients-per-round={k} sampled "
+                             f"nodes: use fraction_train=1.0 and min_train_nodes, min_available_nodes <= {k}")
 
 
 def _only(records: Any) -> Any:
