@@ -14,9 +14,6 @@ from typing import Any
 
 from mas_flower.tasks import parse_tasks
 
-#: Methods that take a number of groups x (`splits`).
-SPLIT_METHODS = ("mas", "hoa", "tag")
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -89,29 +86,23 @@ class Settings:
 
     def validate(self) -> None:
         """Reject impossible settings before any work, one clear message per problem."""
-        from mas_flower.methods import list_methods
+        from mas_flower.methods import list_methods, method_class  # the method's own checks
 
         problems: list[str] = []
-        if self.method not in list_methods():
-            problems.append(f"method={self.method!r} is not one of {', '.join(list_methods())}")
         try:
             parse_tasks(self.task_set)
         except ValueError as err:
             problems.append(f"task-set: {err}")
-        n = len(self.task_set)
-        if self.method in SPLIT_METHODS and not 1 <= self.splits <= n:
-            problems.append(f"splits={self.splits} must be between 1 and the {n} tasks of {self.task_set!r}")
+        if self.method not in list_methods():
+            problems.append(f"method={self.method!r} is not one of {', '.join(list_methods())}")
+        else:
+            problems += method_class(self.method).check(self)
         for key in ("num_rounds", "local_epochs", "clients_per_round", "batch_size", "image_size",
                     "eval_batch_size", "synthetic_buildings", "synthetic_views", "synthetic_size"):
             if getattr(self, key) < 1:
                 problems.append(f"{key.replace('_', '-')}={getattr(self, key)} must be at least 1")
-        if self.method == "mas" and not 1 <= self.merge_rounds <= self.num_rounds:
-            problems.append(f"merge-rounds={self.merge_rounds} must be between 1 and num-rounds={self.num_rounds}")
         if self.affinity_rounds < 0 or self.affinity_every < 1:
             problems.append("affinity-rounds must be >= 0 and affinity-every >= 1")
-        if self.method == "mas" and not 1 <= self.affinity_rounds <= self.merge_rounds:
-            problems.append(f"affinity-rounds={self.affinity_rounds} must be between 1 and "
-                            f"merge-rounds={self.merge_rounds}")
         if self.affinity_mode not in ("exact", "first_order"):
             problems.append(f"affinity-mode={self.affinity_mode!r} must be 'exact' or 'first_order'")
         if self.min_replies < 1 or self.min_replies > self.clients_per_round:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from mas_flower.settings import SPLIT_METHODS, Settings
+from mas_flower.settings import Settings
 from mas_flower.tasks import parse_tasks
 
 TOP_KEYS = {"description", "task_sets", "methods", "seeds", "data", "output", "run_config", "nodes",
@@ -103,14 +103,17 @@ class Suite:
 
 def parse_method(text: str, known: list[str]) -> MethodSpec:
     """`mas-3` -> MethodSpec('mas', 3); `one-by-one` -> MethodSpec('one-by-one', None)."""
+    from mas_flower.methods import method_class, split_methods
+
     if text in known:
-        if text in SPLIT_METHODS:
+        if method_class(text).takes_splits:
             raise ValueError(f"{text!r} needs a number of groups x: write e.g. '{text}-2'")
         return MethodSpec(text, None)
     base, _, x = text.rpartition("-")
     if base in known and x.isdigit():
-        if base not in SPLIT_METHODS:
-            raise ValueError(f"{base!r} takes no number of groups (only {', '.join(SPLIT_METHODS)} do): write '{base}'")
+        if not method_class(base).takes_splits:
+            raise ValueError(f"{base!r} takes no number of groups (only {', '.join(split_methods())} do): "
+                             f"write '{base}'")
         if int(x) < 1:
             raise ValueError(f"{text!r}: the number of groups must be at least 1")
         return MethodSpec(base, int(x))

@@ -17,14 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from mas_flower.methods import list_methods, method_class, parse_label
 from mas_flower.results import RESULTS_FILE
-from mas_flower.settings import SPLIT_METHODS
-
-#: The paper's row order, used when no suite order is given.
-PAPER_ORDER = ("one-by-one", "fedavg", "fedprox", "gradnorm", "hoa", "tag", "mas")
-ALL_IN_ONE = ("fedavg", "fedprox", "gradnorm")
-DISPLAY = {"one-by-one": "One-by-one", "fedavg": "FedAvg", "fedprox": "FedProx", "gradnorm": "GradNorm",
-           "hoa": "HOA", "tag": "TAG", "mas": "MAS"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +32,7 @@ class Run:
     def label(self) -> str:
         """How suites name the method: `mas-2` (x from the run config: TAG may choose fewer groups)."""
         method = self.results["method"]
-        return f"{method}-{self.results['config']['splits']}" if method in SPLIT_METHODS else method
+        return method_class(method).label(self.results["config"]["splits"]) if method in list_methods() else method
 
     @property
     def task_set(self) -> str:
@@ -90,8 +84,9 @@ def load_runs(paths: Iterable[Path]) -> list[Run]:
 
 
 def method_sort_key(label: str) -> tuple[int, int]:
-    base, _, x = label.rpartition("-") if label.rpartition("-")[0] in SPLIT_METHODS else (label, "", "0")
-    return (PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER), int(x))
+    """The paper's row order (`Method.paper_order`), then x."""
+    base, x = parse_label(label)
+    return (method_class(base).paper_order if base in list_methods() else 1000, x or 0)
 
 
 def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Row]:
@@ -162,7 +157,7 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
             cells = [display_name(row.method), str(row.runs), _pm(row.total), _pm(row.client_hours),
                      _pm(row.wall_hours), _pm(row.energy_kwh), _pm(row.co2_g), *(_pm(row.tasks[t]) for t in ts)]
             lines.append("| " + " | ".join(cells) + " |")
-        if any(row.method in ALL_IN_ONE for row in part):
+        if any(_all_in_one(row.method) for row in part):
             lines += ["", r"\* All-in-one methods"]
         split_rows = [row for row in part if any(s for s in row.splits.values())]
         if split_rows:
@@ -178,9 +173,15 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
 
 def display_name(label: str, markdown: bool = True) -> str:
     """`fedavg` -> `FedAvg*`, `mas-2` -> `MAS-2`, as the paper's tables write them (`*` escaped for markdown)."""
-    base, _, x = label.rpartition("-") if label.rpartition("-")[0] in SPLIT_METHODS else (label, "", "")
-    name = DISPLAY.get(base, base) + (f"-{x}" if x else "")
-    return name + (("\\*" if markdown else "*") if base in ALL_IN_ONE else "")
+    base, x = parse_label(label)
+    shown = method_class(base).display_name if base in list_methods() else base
+    name = shown + (f"-{x}" if x is not None else "")
+    return name + (("\\*" if markdown else "*") if _all_in_one(label) else "")
+
+
+def _all_in_one(label: str) -> bool:
+    base, _ = parse_label(label)
+    return base in list_methods() and method_class(base).all_in_one
 
 
 def _stats(values: Iterable[float]) -> tuple[float, float]:

@@ -43,3 +43,10 @@ def stop_process_group(pid: int, timeout: float = 10.0) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.1)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
