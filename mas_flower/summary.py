@@ -11,7 +11,7 @@ import csv
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,12 @@ class Run:
 
     @property
     def label(self) -> str:
-        """How suites name the method: `mas-2` (x from the run config: TAG may choose fewer groups)."""
+        """How suites name the method: `mas-2` (x from the run config: TAG may choose fewer groups), and
+        `mas-2@fedadam` over another server strategy than FedAvg."""
         method = self.results["method"]
-        return method_class(method).label(self.results["config"]["splits"]) if method in list_methods() else method
+        label = method_class(method).label(self.results["config"]["splits"]) if method in list_methods() else method
+        server = self.results.get("server_strategy", "fedavg")
+        return label if server == "fedavg" else f"{label}@{server}"
 
     @property
     def task_set(self) -> str:
@@ -57,6 +60,9 @@ class Row:
     co2_g: tuple[float, float]
     tasks: dict[str, tuple[float, float]]
     splits: dict[int, list[str] | None]
+    #: The Flower strategy that aggregated the networks and its hyperparameters (of the first seed).
+    server_strategy: str = "fedavg"
+    server_hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 def find_run_dirs(path: Path) -> list[Path]:
@@ -85,7 +91,7 @@ def load_runs(paths: Iterable[Path]) -> list[Run]:
 
 def method_sort_key(label: str) -> tuple[int, int]:
     """The paper's row order (`Method.paper_order`), then x."""
-    base, x = parse_label(label)
+    base, x = parse_label(label.partition("@")[0])
     return (method_class(base).paper_order if base in list_methods() else 1000, x or 0)
 
 
@@ -115,6 +121,8 @@ def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Ro
             co2_g=_stats(r["co2_g"] for r in res),
             tasks={t: _stats(r["test_loss"][t] for r in res) for t in ts},
             splits={r.seed: r.results.get("splits") for r in group},
+            server_strategy=res[0].get("server_strategy", "fedavg"),
+            server_hyperparameters=res[0].get("server_hyperparameters", {}),
         ))
     return rows
 
@@ -128,11 +136,13 @@ def write_summary(out_dir: Path, runs: list[Run], method_order: list[str] | None
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "task_set", "runs", "total_loss_mean", "total_loss_std", "client_hours",
-                         "wall_hours", "energy_kwh", "co2_g", *(f"test_loss_{t}" for t in letters)])
+                         "wall_hours", "energy_kwh", "co2_g", *(f"test_loss_{t}" for t in letters),
+                         "server_strategy", "server_hyperparameters"])
         for row in rows:
             writer.writerow([row.method, row.task_set, row.runs, _g(row.total[0]), _g(row.total[1]),
                              _g(row.client_hours[0]), _g(row.wall_hours[0]), _g(row.energy_kwh[0]), _g(row.co2_g[0]),
-                             *(_g(row.tasks[t][0]) if t in row.tasks else "" for t in letters)])
+                             *(_g(row.tasks[t][0]) if t in row.tasks else "" for t in letters),
+                             row.server_strategy, json.dumps(row.server_hyperparameters, sort_keys=True)])
     md_path.write_text(markdown(rows, runs))
     return csv_path, md_path
 
@@ -173,14 +183,16 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
 
 def display_name(label: str, markdown: bool = True) -> str:
     """`fedavg` -> `FedAvg*`, `mas-2` -> `MAS-2`, as the paper's tables write them (`*` escaped for markdown)."""
-    base, x = parse_label(label)
+    method, _, server = label.partition("@")
+    base, x = parse_label(method)
     shown = method_class(base).display_name if base in list_methods() else base
     name = shown + (f"-{x}" if x is not None else "")
-    return name + (("\\*" if markdown else "*") if _all_in_one(label) else "")
+    name += ("\\*" if markdown else "*") if _all_in_one(label) else ""
+    return f"{name} over {server}" if server else name
 
 
 def _all_in_one(label: str) -> bool:
-    base, _ = parse_label(label)
+    base, _ = parse_label(label.partition("@")[0])
     return base in list_methods() and method_class(base).all_in_one
 
 

@@ -124,3 +124,25 @@ def test_a_users_serverapp_from_the_readme_runs_mas_over_fedadam(private_homes, 
     adams = checkpoint["progress"].strategies
     assert set(adams) == set(results["splits"]) and all(type(a) is FedAdam for a in adams.values())
     assert all(a.m_t is not None for a in adams.values())  # each split network has its own moments
+
+
+def test_a_suite_compares_one_method_over_two_server_strategies(tmp_path: Path) -> None:
+    from mas_flower.suite import load_suite
+    from mas_flower.summary import Run, display_name, summarise
+    from tests.bench_suite import write_suite
+
+    suite = load_suite(write_suite(tmp_path / "suite.yaml", methods=["mas-2", "mas-2@fedadam"]), check_data=False)
+    runs = suite.runs()
+    assert [r.name for r in runs] == ["mas-x2-sdk-seed0", "mas-x2-fedadam-sdk-seed0"]
+    assert "server-strategy" not in suite.run_config_for(runs[0])
+    assert suite.run_config_for(runs[1])["server-strategy"] == "fedadam"
+    with pytest.raises(ValueError, match="unknown server strategy 'krum'"):
+        load_suite(write_suite(tmp_path / "bad.yaml", methods=["mas-2@krum"]), check_data=False)
+    fake = {"method": "mas", "task_set": "sdk", "seed": 0, "splits": ["sd", "k"], "config": {"splits": 2},
+            "total_test_loss": 3.0, "client_train_seconds": 1.0, "wall_seconds": 2.0, "energy_kwh": 0.0, "co2_g": 0.0,
+            "test_loss": {"s": 1.0, "d": 1.0, "k": 1.0}}
+    adam = {**fake, "server_strategy": "fedadam", "server_hyperparameters": {"eta": 0.1}, "total_test_loss": 2.0}
+    rows = summarise([Run(tmp_path / "a", {**fake, "server_strategy": "fedavg"}), Run(tmp_path / "b", adam)])
+    assert [(r.method, r.server_strategy, r.total[0]) for r in rows] == [("mas-2", "fedavg", 3.0),
+                                                                         ("mas-2@fedadam", "fedadam", 2.0)]
+    assert rows[1].server_hyperparameters == {"eta": 0.1} and display_name("mas-2@fedadam") == "MAS-2 over fedadam"
