@@ -172,3 +172,45 @@ def test_client_honours_the_proximal_mu_it_is_sent(in_a_run, one_thread, private
 
     # μ = 5 at lr 0.1 pulls every step after the first 50 % of the way back to the sent weights.
     assert moved(5.0) < 0.8 * moved(0.0)
+
+
+def test_one_message_per_node_carries_every_federation_and_replies_go_to_their_own_strategy(in_a_run) -> None:
+    s = settings(task_set="sdk", clients_per_round=2, seed=1, lr=0.1)
+    stage = Stage("split", [FederationSpec("sd", "sd"), FederationSpec("k", "k")], rounds=2, schedule_total=2)
+    strategy = ParallelFederations(stage, s, "fedadam")
+    strategy.roster.nodes = {nid: building for nid, (building, *_) in NODES.items()}
+    arrays = ArrayRecord({"sd/w": Array(np.zeros(2, dtype=np.float32)), "k/w": Array(np.ones(3, dtype=np.float32))})
+    sent = list(strategy.configure_train(1, arrays, ConfigRecord(), None))
+    assert len(sent) == 2 and len({m.metadata.dst_node_id for m in sent}) == 2
+    for msg in sent:
+        assert set(msg.content.array_records) == {"arrays.sd", "arrays.k"}
+        assert set(msg.content.config_records) == {"config", "config.sd", "config.k"}
+    replies = []
+    for n, msg in enumerate(sent):
+        content = RecordDict({P.METRICS: MetricRecord({})})
+        for name, tasks, size in (("sd", "sd", 2), ("k", "k", 3)):
+            value = np.nan if (name == "k" and n == 0) else float(n + 1)  # node 0 poisons only federation k
+            content[f"arrays.{name}"] = ArrayRecord({"w": Array(np.full(size, value, dtype=np.float32))})
+            content[f"metrics.{name}"] = MetricRecord({P.NUM_EXAMPLES: 10, P.TRAIN_SECONDS: 1.0,
+                                                       **{P.loss_key(t): 1.0 for t in tasks}})
+        replies.append(Message(content, reply_to=msg))
+    new, _ = strategy.aggregate_train(1, replies)
+    failed = strategy.record["failed"]
+    assert len(failed) == 1 and "(k): array 'w' holds NaN" in failed[0]
+    # Each federation's own FedAdam moved its own network: from the mean of its accepted replies.
+    assert strategy.strategies["sd"] is not strategy.strategies["k"]
+    assert strategy.strategies["sd"].m_t["w"].shape == (2,) and strategy.strategies["k"].m_t["w"].shape == (3,)
+    # Federation k kept only node 1's reply (w = 2, from 1): Adam's first step moves each weight by
+    # eta·sqrt(1 − β2²)/(1 − β1²)·m/(sqrt(v) + τ) with m = 0.1, v = 0.01: 0.1·0.14107/0.19·0.1/0.101.
+    step = 0.1 * np.sqrt(1 - 0.99 ** 2) / (1 - 0.9 ** 2) * 0.1 / (0.1 + 0.001)
+    np.testing.assert_allclose(split_arrays(new)["k"]["w"].numpy(), 1 + step, rtol=1e-5)
+    evaluate = list(strategy.configure_evaluate(1, new, ConfigRecord({"split": "val"}), None))
+    assert len(evaluate) == 3  # every node validates, one message each, both federations in it
+    assert all(set(m.content.array_records) == {"arrays.sd", "arrays.k"} for m in evaluate)
+
+
+def test_eval_every_validates_every_nth_round_and_the_last() -> None:
+    s = settings(task_set="sd", eval_every=2)
+    stage = Stage("merge", [FederationSpec("all", "sd")], rounds=5, schedule_total=5)
+    strategy = ParallelFederations(stage, s, "fedavg")
+    assert [strategy.evaluates_in(i) for i in range(5)] == [False, True, False, True, True]

@@ -104,7 +104,8 @@ def test_a_users_serverapp_from_the_readme_runs_mas_over_fedadam(private_homes, 
     assert isinstance(user.app, ServerApp)
     run_config = {"task-set": "sdk", "splits": 2, "num-rounds": 3, "merge-rounds": 2, "affinity-rounds": 1,
                   "affinity-every": 2, "clients-per-round": 3, "batch-size": 4, "image-size": 32,
-                  "data-root": str(tiny_federation), "output-dir": str(tmp_path), "run-name": "users"}
+                  "eval-every": 2, "data-root": str(tiny_federation), "output-dir": str(tmp_path),
+                  "run-name": "users"}
     app = ServerApp()
 
     @app.main()
@@ -119,6 +120,8 @@ def test_a_users_serverapp_from_the_readme_runs_mas_over_fedadam(private_homes, 
     assert results["method"] == "mas" and results["server_strategy"] == "FedAdam"
     assert results["server_hyperparameters"]["eta"] == 0.01
     assert [h["phase"] for h in results["history"]] == ["merge", "merge", "split"]
+    # eval-every=2: round 1 is not validated; round 2 is, and so is the last round of every stage.
+    assert ["val_loss" in e for h in results["history"] for e in h["federations"].values()] == [False, True, True, True]
     assert sorted("".join(results["splits"])) == sorted("sdk")
     checkpoint = __import__("torch").load(tmp_path / "users" / "checkpoint.pt", weights_only=False)
     adams = checkpoint["progress"].strategies
