@@ -214,3 +214,22 @@ def test_eval_every_validates_every_nth_round_and_the_last() -> None:
     stage = Stage("merge", [FederationSpec("all", "sd")], rounds=5, schedule_total=5)
     strategy = ParallelFederations(stage, s, "fedavg")
     assert [strategy.evaluates_in(i) for i in range(5)] == [False, True, False, True, True]
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian",
+                                  "fedtrimmedavg"])
+def test_every_server_strategy_aggregates_a_round(in_a_run, name: str) -> None:
+    s = settings(task_set="sd", clients_per_round=3, server_strategy=name, server_momentum=0.5)
+    stage = Stage("merge", [FederationSpec("all", "sd")], rounds=1, schedule_total=1)
+    strategy = ParallelFederations(stage, s)
+    strategy.roster.nodes = {nid: building for nid, (building, *_) in NODES.items()}
+    start = ArrayRecord({"all/w": Array(np.zeros(2, dtype=np.float32)), "all/count": Array(np.array(0))})
+    new, _ = one_round(strategy, start)
+    w = split_arrays(new)["all"]["w"].numpy()
+    assert w.dtype == np.float32 and np.isfinite(w).all()
+    # Replies hold w = 1, 4 and 10 from 0: the plain averages land on their weighted mean or median.
+    expected = {"fedavg": 7.3, "fedprox": 7.3, "fedmedian": 4.0, "fedtrimmedavg": 5.0, "fedavgm": 7.3 * 1.0}
+    if name in expected:
+        np.testing.assert_allclose(w, expected[name], rtol=1e-6)
+    else:  # server optimisers take a step of about eta from 0 towards the mean
+        assert 0 < float(w[0]) < 1.0

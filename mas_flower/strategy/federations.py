@@ -69,19 +69,19 @@ class ParallelFederations(Strategy):
     stage : the federations (name, task string, options), rounds, lr schedule and affinity rounds.
     settings : the run's settings (local training, sampling, retries, timeouts).
     aggregator : a `server-strategy` name (`fedavg`, `fedadam`, ...) or a callable returning a fresh
-        Flower strategy; each federation gets its own instance. The strategy should keep
-        `fraction_train = fraction_evaluate = 1.0`: the nodes are sampled here.
+        Flower strategy; each federation gets its own instance. Default: `settings.server_strategy`.
+        The strategy should keep `fraction_train = fraction_evaluate = 1.0`: the nodes are sampled here.
     roster, ledger : shared with the other stages of a run (`MethodStrategy`); made fresh if None.
     strategies : federation -> strategy, to continue with restored state (a resumed run).
     on_round : called after every finished round with this object (checkpointing).
     """
 
-    def __init__(self, stage: Stage, settings: Settings, aggregator: str | StrategyFactory = "fedavg", *,
+    def __init__(self, stage: Stage, settings: Settings, aggregator: str | StrategyFactory | None = None, *,
                  roster: NodeRoster | None = None, ledger: Ledger | None = None,
                  strategies: dict[str, Strategy] | None = None,
                  on_round: Callable[[ParallelFederations], None] | None = None) -> None:
         self.stage, self.settings = stage, settings
-        make = strategy_factory(aggregator, settings)
+        make = strategy_factory(settings.server_strategy if aggregator is None else aggregator, settings)
         self.strategies: dict[str, Strategy] = strategies or {f.name: make() for f in stage.federations}
         _check_sampling(self.strategies, settings.clients_per_round)
         self.roster = roster or NodeRoster(settings)
