@@ -61,6 +61,11 @@ def fresh_state(settings: Settings, federation: FederationSpec) -> State:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+def initial_states(settings: Settings, federations: list[FederationSpec]) -> dict[str, State]:
+    """Each federation's starting network: its `init` (e.g. inherited by a MAS split), else fresh."""
+    return {f.name: f.init if f.init is not None else fresh_state(settings, f) for f in federations}
+
+
 class ParallelFederations(Strategy):
     """Trains the federations of one `Stage` side by side (Flower `Strategy`).
 
@@ -100,8 +105,7 @@ class ParallelFederations(Strategy):
 
     def initial_arrays(self) -> ArrayRecord:
         """Each federation's starting network (its `init`, else a fresh seeded one), joined."""
-        return join_arrays({f.name: f.init if f.init is not None else fresh_state(self.settings, f)
-                            for f in self.federations})
+        return join_arrays(initial_states(self.settings, self.federations))
 
     def lr(self, server_round: int) -> float:
         return self.settings.lr_at(server_round - 1, self.stage.schedule_total)

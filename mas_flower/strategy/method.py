@@ -25,7 +25,7 @@ from mas_flower.energy import EnergyMeter
 from mas_flower.methods import Method, StageOutcome
 from mas_flower.strategy.aggregators import StrategyFactory
 from mas_flower.strategy.checkpoint import save_checkpoint
-from mas_flower.strategy.federations import ParallelFederations, fresh_state, join_arrays, split_arrays
+from mas_flower.strategy.federations import ParallelFederations, initial_states, join_arrays, split_arrays
 from mas_flower.strategy.run import Ledger, NodeRoster, Progress, RoundFailed
 
 
@@ -148,8 +148,7 @@ class MethodStrategy(Strategy):
     def _begin(self, stage) -> Progress:
         log(INFO, "stage %r: %d round(s), federations %s", stage.phase, stage.rounds,
             ", ".join(f"{f.name}({f.tasks})" for f in stage.federations))
-        states = {f.name: f.init if f.init is not None else fresh_state(self.settings, f) for f in stage.federations}
-        return Progress(stage, states)
+        return Progress(stage, initial_states(self.settings, stage.federations))
 
     def _run_stages(self, grid: Grid) -> Result:
         if self.progress is None:
