@@ -1,4 +1,8 @@
-"""ClientApp: one building's trainer. Converts records to and from the library, nothing more."""
+"""ClientApp: one building's trainer. Converts records to and from the library, nothing more.
+
+A train or evaluate message carries every federation of the round this node takes part in
+(`mas_flower.protocol`); the node trains or evaluates them one after the other and answers once.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app import protocol as P
 from client_app.node import building_data, node_building
+from mas_flower import protocol as P
 from mas_flower.energy import EnergyMeter, host_id
 from mas_flower.models import build_model
 from mas_flower.training import TrainConfig, evaluate, make_weighting, pick_device, train_local
@@ -25,17 +29,24 @@ def cpu_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def _network(msg: Message) -> tuple[torch.nn.Module, dict]:
-    config = dict(msg.content[P.CONFIG])
+def federations(msg: Message) -> list[tuple[str, dict]]:
+    """(federation, its config merged over the message's shared config), in the message's order."""
+    shared = dict(msg.content[P.CONFIG])
+    return [(name, {**shared, **dict(msg.content[P.record_key(P.CONFIG, name)])})
+            for name in P.federations_in(msg.content.config_records.keys(), P.CONFIG)]
+
+
+def _network(msg: Message, name: str, config: dict) -> torch.nn.Module:
     net = build_model(str(config["model"]), str(config["tasks"]), image_size=int(config["image-size"]))
-    net.load_state_dict(msg.content[P.ARRAYS].to_torch_state_dict())
-    return net, config
+    net.load_state_dict(msg.content[P.record_key(P.ARRAYS, name)].to_torch_state_dict())
+    return net
 
 
-def _train_config(config: dict) -> TrainConfig:
+def train_config(config: dict) -> TrainConfig:
+    """The library's TrainConfig from a federation's config; μ is Flower's `proximal-mu` key (0 if absent)."""
     return TrainConfig(
         lr=float(config["lr"]), epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
-        prox_mu=float(config["prox-mu"]), weighting=str(config["weighting"]),
+        prox_mu=float(config.get(P.PROXIMAL_MU, 0.0)), weighting=str(config["weighting"]),
         gradnorm_alpha=float(config["gradnorm-alpha"]), affinity_every=int(config["affinity-every"]),
         affinity_mode=str(config["affinity-mode"]),
         affinity_first_epoch_only=bool(config["affinity-first-epoch-only"]), seed=int(config["seed"]),
@@ -43,16 +54,10 @@ def _train_config(config: dict) -> TrainConfig:
     )
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    net, config = _network(msg)
+def _train_one(msg: Message, name: str, config: dict, context: Context) -> tuple[ArrayRecord, MetricRecord]:
+    net = _network(msg, name, config)
     data = building_data(config, context)
-    cfg = _train_config(config)
-    meter = None
-    if bool(config.get("measure-energy", False)):  # on its own machine: this node meters its training
-        meter = EnergyMeter(country=str(config["energy-country"]) or None,
-                            intensity_g_per_kwh=float(config["energy-intensity"]) or None)
-        meter.start()
+    cfg = train_config(config)
     # A learnt loss weighting (GradNorm) continues from this node's last round in this federation.
     weighting, key = make_weighting(cfg, net.tasks), f"weighting-{config['federation']}"
     if key in context.state.array_records:
@@ -62,26 +67,46 @@ def train(msg: Message, context: Context) -> Message:
         context.state.array_records[key] = ArrayRecord(weighting.state_dict())
     metrics: dict = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_SECONDS: result.seconds,
                      P.BF16: int(result.precision == "bf16")}
-    if meter is not None:
-        energy = meter.stop()
-        metrics.update({P.ENERGY_KWH: energy.energy_kwh, P.CO2_G: energy.co2_g,
-                        P.ENERGY_ESTIMATED: int(energy.estimated)})
     metrics.update({P.loss_key(k): float(v) for k, v in result.losses.items()})
     if result.affinity is not None:
         metrics[P.AFFINITY] = np.asarray(result.affinity, dtype=float).ravel().tolist()
         metrics[P.AFFINITY_COUNT] = result.affinity_count
-    content = RecordDict({P.ARRAYS: ArrayRecord(net.state_dict()), P.METRICS: MetricRecord(metrics)})
+    return ArrayRecord(net.state_dict()), MetricRecord(metrics)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    shared = dict(msg.content[P.CONFIG])
+    meter = None
+    if bool(shared.get("measure-energy", False)):  # on its own machine: this node meters its training
+        meter = EnergyMeter(country=str(shared["energy-country"]) or None,
+                            intensity_g_per_kwh=float(shared["energy-intensity"]) or None)
+        meter.start()
+    content = RecordDict()
+    for name, config in federations(msg):
+        arrays, metrics = _train_one(msg, name, config, context)
+        content[P.record_key(P.ARRAYS, name)] = arrays
+        content[P.record_key(P.METRICS, name)] = metrics
+    node: dict = {}
+    if meter is not None:
+        energy = meter.stop()
+        node.update({P.ENERGY_KWH: energy.energy_kwh, P.CO2_G: energy.co2_g,
+                     P.ENERGY_ESTIMATED: int(energy.estimated)})
+    content[P.METRICS] = MetricRecord(node)
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
-    net, config = _network(msg)
-    data = building_data(config, context)
-    losses, n = evaluate(net, data.split(str(config["split"])), int(config["batch-size"]), pick_device(),
-                         precision=str(config.get("precision", "auto")))
-    metrics: dict = {P.NUM_EXAMPLES: n, **{P.loss_key(k): float(v) for k, v in losses.items()}}
-    return Message(content=RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    content = RecordDict()
+    for name, config in federations(msg):
+        net = _network(msg, name, config)
+        data = building_data(config, context)
+        losses, n = evaluate(net, data.split(str(config["split"])), int(config["batch-size"]), pick_device(),
+                             precision=str(config.get("precision", "auto")))
+        content[P.record_key(P.METRICS, name)] = MetricRecord(
+            {P.NUM_EXAMPLES: n, **{P.loss_key(k): float(v) for k, v in losses.items()}})
+    return Message(content=content, reply_to=msg)
 
 
 @app.query(P.INFO_QUERY)

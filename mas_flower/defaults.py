@@ -47,6 +47,14 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "energy-country": "GB",
     "energy-intensity": 0.0,
     "precision": "auto",
+    "server-strategy": "fedavg",
+    "server-lr": 0.0,
+    "server-momentum": 0.0,
+    "beta-1": 0.9,
+    "beta-2": 0.99,
+    "tau": 0.001,
+    "trim-beta": 0.2,
+    "eval-every": 1,
 }
 
 

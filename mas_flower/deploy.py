@@ -52,7 +52,7 @@ GRACE_SECONDS = 10.0
 STATUS_SECONDS = 30.0
 TAIL_LINES = 25
 RUN_ID = re.compile(r"Successfully started run (\d+)")
-#: What the ServerApp logs about its run folder (server_app/app.py, server_app/report.py).
+#: What the ServerApp logs about its run folder (server_app/app.py, mas_flower/strategy/outputs.py).
 RESULTS_LINE = re.compile(r"(?:run folder:|results in|results written to) (/.+?)\s*$")
 _PAIR = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")  # the pattern `flwr run --run-config` uses
 

@@ -37,7 +37,9 @@ def save_torch(path: Path, payload: Any) -> None:
 def new_run_dir(settings: Settings) -> Path:
     """A fresh folder `<output-dir>/<run name>/`; never reuses one that exists."""
     root = Path(settings.output_dir) if settings.output_dir else home() / "outputs"
-    splits = f"-x{settings.splits}" if settings.method in ("mas", "hoa", "tag") else ""
+    from mas_flower.methods import method_class
+
+    splits = f"-x{settings.splits}" if method_class(settings.method).takes_splits else ""
     name = settings.run_name or (
         f"{settings.method}{splits}-{settings.task_set}-seed{settings.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     )

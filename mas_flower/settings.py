@@ -17,9 +17,6 @@ from typing import Any
 from mas_flower.tasks import parse_tasks
 from mas_flower.training import PRECISIONS
 
-#: Methods that take a number of groups x (`splits`).
-SPLIT_METHODS = ("mas", "hoa", "tag")
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -58,6 +55,16 @@ class Settings:
     energy_country: str
     energy_intensity: float
     precision: str
+    #: Flower strategy aggregating each federation (`mas_flower.strategy.aggregators`) and its hyperparameters.
+    server_strategy: str
+    server_lr: float
+    server_momentum: float
+    beta_1: float
+    beta_2: float
+    tau: float
+    trim_beta: float
+    #: Validate every this many rounds (and always in a stage's last round).
+    eval_every: int
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> Settings:
@@ -82,29 +89,23 @@ class Settings:
 
     def validate(self) -> None:
         """Reject impossible settings before any work, one clear message per problem."""
-        from mas_flower.methods import list_methods
+        from mas_flower.methods import list_methods, method_class  # the method's own checks
 
         problems: list[str] = []
-        if self.method not in list_methods():
-            problems.append(f"method={self.method!r} is not one of {', '.join(list_methods())}")
         try:
             parse_tasks(self.task_set)
         except ValueError as err:
             problems.append(f"task-set: {err}")
-        n = len(self.task_set)
-        if self.method in SPLIT_METHODS and not 1 <= self.splits <= n:
-            problems.append(f"splits={self.splits} must be between 1 and the {n} tasks of {self.task_set!r}")
+        if self.method not in list_methods():
+            problems.append(f"method={self.method!r} is not one of {', '.join(list_methods())}")
+        else:
+            problems += method_class(self.method).check(self)
         for key in ("num_rounds", "local_epochs", "clients_per_round", "batch_size", "image_size",
                     "eval_batch_size", "synthetic_buildings", "synthetic_views", "synthetic_size"):
             if getattr(self, key) < 1:
                 problems.append(f"{key.replace('_', '-')}={getattr(self, key)} must be at least 1")
-        if self.method == "mas" and not 1 <= self.merge_rounds <= self.num_rounds:
-            problems.append(f"merge-rounds={self.merge_rounds} must be between 1 and num-rounds={self.num_rounds}")
         if self.affinity_rounds < 0 or self.affinity_every < 1:
             problems.append("affinity-rounds must be >= 0 and affinity-every >= 1")
-        if self.method == "mas" and not 1 <= self.affinity_rounds <= self.merge_rounds:
-            problems.append(f"affinity-rounds={self.affinity_rounds} must be between 1 and "
-                            f"merge-rounds={self.merge_rounds}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         if self.affinity_mode not in ("exact", "first_order"):
@@ -129,8 +130,26 @@ class Settings:
             problems.append(f"data-root={self.data_root!r} must be an absolute path (the app runs elsewhere)")
         if self.output_dir and not Path(self.output_dir).is_absolute():
             problems.append(f"output-dir={self.output_dir!r} must be an absolute path (the app runs elsewhere)")
+        problems += self._server_problems()
         if problems:
             raise ValueError("invalid run config: " + "; ".join(problems))
+
+    def _server_problems(self) -> list[str]:
+        from mas_flower.strategy.aggregators import SERVER_STRATEGIES
+
+        problems = []
+        if self.server_strategy not in SERVER_STRATEGIES:
+            problems.append(f"server-strategy={self.server_strategy!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+        if self.server_lr < 0 or self.server_momentum < 0 or self.tau <= 0:
+            problems.append("server-lr and server-momentum must be non-negative, tau positive")
+        for key in ("server_momentum", "beta_1", "beta_2"):
+            if not 0 <= getattr(self, key) < 1:
+                problems.append(f"{key.replace('_', '-')}={getattr(self, key)} must be in [0, 1)")
+        if not 0 <= self.trim_beta < 0.5:
+            problems.append(f"trim-beta={self.trim_beta} must be in [0, 0.5)")
+        if self.eval_every < 1:
+            problems.append(f"eval-every={self.eval_every} must be at least 1")
+        return problems
 
     def lr_at(self, round_index: int, total: int | None = None) -> float:
         """Learning rate of a round (0-based) under lr·(1 − r/R)^0.9."""

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from mas_flower.defaults import app_defaults
-from mas_flower.settings import SPLIT_METHODS, Settings, did_you_mean
+from mas_flower.settings import Settings, did_you_mean
 from mas_flower.tasks import parse_tasks
 
 TOP_KEYS = {"description", "task_sets", "methods", "seeds", "data", "output", "run_config", "nodes",
@@ -34,14 +34,17 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A method as a suite names it: `fedavg`, `mas-3` (the app's method plus x for split methods)."""
+    """A method as a suite names it: `fedavg`, `mas-3` (the app's method plus x for split methods),
+    `mas-3@fedadam` (over another `server-strategy` than the suite's)."""
 
     method: str
     splits: int | None
+    server_strategy: str | None = None
 
     @property
     def label(self) -> str:
-        return self.method if self.splits is None else f"{self.method}-{self.splits}"
+        base = self.method if self.splits is None else f"{self.method}-{self.splits}"
+        return base if self.server_strategy is None else f"{base}@{self.server_strategy}"
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ class RunSpec:
     def name(self) -> str:
         """The run folder name, as the app names runs (without its timestamp): deterministic for resuming."""
         x = "" if self.method.splits is None else f"-x{self.method.splits}"
-        return f"{self.method.method}{x}-{self.task_set}-seed{self.seed}"
+        server = "" if self.method.server_strategy is None else f"-{self.method.server_strategy}"
+        return f"{self.method.method}{x}{server}-{self.task_set}-seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -99,19 +103,35 @@ class Suite:
                        "run-name": run.name})
         if run.method.splits is not None:
             config["splits"] = run.method.splits
+        if run.method.server_strategy is not None:
+            config["server-strategy"] = run.method.server_strategy
         return config
 
 
 def parse_method(text: str, known: list[str]) -> MethodSpec:
-    """`mas-3` -> MethodSpec('mas', 3); `one-by-one` -> MethodSpec('one-by-one', None)."""
+    """`mas-3` -> MethodSpec('mas', 3); `one-by-one` -> MethodSpec('one-by-one', None);
+    `mas-3@fedadam` -> MethodSpec('mas', 3, 'fedadam')."""
+    from mas_flower.strategy.aggregators import SERVER_STRATEGIES
+
+    text, at, server = text.partition("@")
+    if at and server not in SERVER_STRATEGIES:
+        raise ValueError(f"unknown server strategy {server!r} after '@'; known: {', '.join(SERVER_STRATEGIES)}")
+    spec = _parse_method(text, known)
+    return MethodSpec(spec.method, spec.splits, server or None)
+
+
+def _parse_method(text: str, known: list[str]) -> MethodSpec:
+    from mas_flower.methods import method_class, split_methods
+
     if text in known:
-        if text in SPLIT_METHODS:
+        if method_class(text).takes_splits:
             raise ValueError(f"{text!r} needs a number of groups x: write e.g. '{text}-2'")
         return MethodSpec(text, None)
     base, _, x = text.rpartition("-")
     if base in known and x.isdigit():
-        if base not in SPLIT_METHODS:
-            raise ValueError(f"{base!r} takes no number of groups (only {', '.join(SPLIT_METHODS)} do): write '{base}'")
+        if not method_class(base).takes_splits:
+            raise ValueError(f"{base!r} takes no number of groups (only {', '.join(split_methods())} do): "
+                             f"write '{base}'")
         if int(x) < 1:
             raise ValueError(f"{text!r}: the number of groups must be at least 1")
         return MethodSpec(base, int(x))

@@ -25,15 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from mas_flower.methods import list_methods, method_class, parse_label
 from mas_flower.metrics import delta_m
 from mas_flower.results import RESULTS_FILE
-from mas_flower.settings import SPLIT_METHODS
 
-#: The paper's row order, used when no suite order is given.
-PAPER_ORDER = ("one-by-one", "fedavg", "fedprox", "gradnorm", "hoa", "tag", "mas")
-ALL_IN_ONE = ("fedavg", "fedprox", "gradnorm")
-DISPLAY = {"one-by-one": "One-by-one", "fedavg": "FedAvg", "fedprox": "FedProx", "gradnorm": "GradNorm",
-           "hoa": "HOA", "tag": "TAG", "mas": "MAS"}
 #: The method Δm% compares against.
 BASELINE = "one-by-one"
 #: Per-run numbers summarised when runs record them (issue 12: compute and communication).
@@ -49,9 +44,12 @@ class Run:
 
     @property
     def label(self) -> str:
-        """How suites name the method: `mas-2` (x from the run config: TAG may choose fewer groups)."""
+        """How suites name the method: `mas-2` (x from the run config: TAG may choose fewer groups), and
+        `mas-2@fedadam` over another server strategy than FedAvg."""
         method = self.results["method"]
-        return f"{method}-{self.results['config']['splits']}" if method in SPLIT_METHODS else method
+        label = method_class(method).label(self.results["config"]["splits"]) if method in list_methods() else method
+        server = self.results.get("server_strategy", "fedavg")
+        return label if server == "fedavg" else f"{label}@{server}"
 
     @property
     def task_set(self) -> str:
@@ -83,6 +81,9 @@ class Row:
     #: Δm% against one-by-one on the task metrics and on the test losses (None without a baseline).
     delta_m: tuple[float, float] | None = None
     delta_m_loss: tuple[float, float] | None = None
+    #: The Flower strategy that aggregated the networks and its hyperparameters (of the first seed).
+    server_strategy: str = "fedavg"
+    server_hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 def find_run_dirs(path: Path) -> list[Path]:
@@ -110,8 +111,9 @@ def load_runs(paths: Iterable[Path]) -> list[Run]:
 
 
 def method_sort_key(label: str) -> tuple[int, int]:
-    base, _, x = label.rpartition("-") if label.rpartition("-")[0] in SPLIT_METHODS else (label, "", "0")
-    return (PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER), int(x))
+    """The paper's row order (`Method.paper_order`), then x."""
+    base, x = parse_label(label.partition("@")[0])
+    return (method_class(base).paper_order if base in list_methods() else 1000, x or 0)
 
 
 def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Row]:
@@ -146,6 +148,8 @@ def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Ro
             metrics=metrics,
             delta_m=_delta_m_stats(res, baseline, ts, _run_metrics) if metrics else None,
             delta_m_loss=_delta_m_stats(res, baseline, ts, _run_losses),
+            server_strategy=res[0].get("server_strategy", "fedavg"),
+            server_hyperparameters=res[0].get("server_hyperparameters", {}),
         ))
     return rows
 
@@ -192,13 +196,15 @@ def write_summary(out_dir: Path, runs: list[Run], method_order: list[str] | None
         writer = csv.writer(f)
         columns = _summary_columns(rows, letters)
         writer.writerow(["method", "task_set", "runs", *(f"{name}_{part}" for name, _ in columns
-                                                         for part in ("mean", "std"))])
+                                                         for part in ("mean", "std")),
+                         "server_strategy", "server_hyperparameters"])
         for row in rows:
             cells = []
             for _, get in columns:
                 stat = get(row)
                 cells += ["", ""] if stat is None else [_g(stat[0]), _g(stat[1])]
-            writer.writerow([row.method, row.task_set, row.runs, *cells])
+            writer.writerow([row.method, row.task_set, row.runs, *cells, row.server_strategy,
+                             json.dumps(row.server_hyperparameters, sort_keys=True)])
     write_runs_csv(out_dir / "runs.csv", runs)
     md_path.write_text(markdown(rows, runs))
     return csv_path, md_path
@@ -280,7 +286,7 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
                      _pm(row.client_hours), _pm(row.wall_hours), _pm(row.energy_kwh), _pm(row.co2_g),
                      *(_pm(row.tasks[t]) for t in ts)]
             lines.append("| " + " | ".join(cells) + " |")
-        if any(row.method in ALL_IN_ONE for row in part):
+        if any(_all_in_one(row.method) for row in part):
             lines += ["", r"\* All-in-one methods"]
         names = list(dict.fromkeys((t, m) for row in part for t, ms in row.metrics.items() for m in ms))
         if names:
@@ -303,9 +309,17 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
 
 def display_name(label: str, markdown: bool = True) -> str:
     """`fedavg` -> `FedAvg*`, `mas-2` -> `MAS-2`, as the paper's tables write them (`*` escaped for markdown)."""
-    base, _, x = label.rpartition("-") if label.rpartition("-")[0] in SPLIT_METHODS else (label, "", "")
-    name = DISPLAY.get(base, base) + (f"-{x}" if x else "")
-    return name + (("\\*" if markdown else "*") if base in ALL_IN_ONE else "")
+    method, _, server = label.partition("@")
+    base, x = parse_label(method)
+    shown = method_class(base).display_name if base in list_methods() else base
+    name = shown + (f"-{x}" if x is not None else "")
+    name += ("\\*" if markdown else "*") if _all_in_one(label) else ""
+    return f"{name} over {server}" if server else name
+
+
+def _all_in_one(label: str) -> bool:
+    base, _ = parse_label(label.partition("@")[0])
+    return base in list_methods() and method_class(base).all_in_one
 
 
 def _stats(values: Iterable[float]) -> tuple[float, float]:

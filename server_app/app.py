@@ -1,7 +1,8 @@
 """ServerApp: checks the run's settings and data, runs the chosen method, writes the results.
 
-Everything that can be wrong with the input is checked before any training, and a failure raises
-(so the run ends `finished:failed`) without writing anything that looks like a finished result.
+A thin shell over the library's `MethodStrategy` (`mas_flower.strategy`). Everything that can be
+wrong with the input is checked before any training, and a failure raises (so the run ends
+`finished:failed`) without writing anything that looks like a finished result.
 """
 
 from __future__ import annotations
@@ -15,15 +16,12 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from mas_flower.energy import EnergyMeter
+from mas_flower.defaults import load_settings, synthetic_root
 from mas_flower.methods import Method, build_method
 from mas_flower.models import build_model
 from mas_flower.results import new_run_dir, write_json
 from mas_flower.settings import Settings
-from server_app.checkpoint import load_checkpoint
-from server_app.config import load_settings, synthetic_root
-from server_app.report import write_outputs
-from server_app.runner import FederatedRunner
+from mas_flower.strategy import MethodStrategy, load_checkpoint, write_outputs
 
 
 def prepare_data(settings: Settings) -> Settings:
@@ -66,19 +64,17 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         settings, method, checkpoint = preflight(dict(context.run_config), overrides)
-        runner = FederatedRunner(grid, settings, method, checkpoint=checkpoint)
-        runner.discover()  # every node can load its data, and there are enough of them
+        strategy = MethodStrategy(method, checkpoint=checkpoint)
+        strategy.roster.discover(grid)  # every node can load its data, and there are enough of them
         if checkpoint is None:
-            runner.run_dir = new_run_dir(settings)
-            write_json(runner.run_dir / "config.json", settings.to_run_config())
+            run_dir = new_run_dir(settings)
+            write_json(run_dir / "config.json", settings.to_run_config())
         else:
-            runner.run_dir = Path(settings.resume)
-        run_dir = runner.run_dir
+            run_dir = Path(settings.resume)
         log(INFO, "run folder: %s", run_dir)
-        meter = EnergyMeter(run_dir / "carbontracker", country=settings.energy_country or None,
-                            intensity_g_per_kwh=settings.energy_intensity or None)
-        outcome, test_loss = runner.run(meter)
-        write_outputs(settings, runner, outcome, test_loss, run_dir)
+        strategy.run_dir = run_dir
+        strategy.start(grid)
+        write_outputs(strategy, run_dir)
 
     return app
 

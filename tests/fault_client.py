@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from client_app import app as real
-from client_app import protocol as P
+from mas_flower import protocol as P
 
 SLEEP_SECONDS = 16.0
 
@@ -42,12 +42,13 @@ def train(msg: Message, context: Context) -> Message:
         marker.touch()  # a file, not context.state: a reply that came too late may not save the node's state
         time.sleep(SLEEP_SECONDS)
     reply = real.train(msg, context)
-    if fault == "nan":
-        arrays = reply.content[P.ARRAYS]
-        key = next(k for k, v in arrays.items() if v.numpy().dtype.kind == "f")
-        poisoned = arrays[key].numpy().copy()
-        poisoned.flat[0] = np.nan
-        reply.content[P.ARRAYS] = ArrayRecord({**{k: v for k, v in arrays.items()}, key: Array(poisoned)})
+    if fault == "nan":  # every federation's network comes back poisoned
+        for record in [k for k in reply.content.array_records if k.startswith(f"{P.ARRAYS}.")]:
+            arrays = reply.content[record]
+            key = next(k for k, v in arrays.items() if v.numpy().dtype.kind == "f")
+            poisoned = arrays[key].numpy().copy()
+            poisoned.flat[0] = np.nan
+            reply.content[record] = ArrayRecord({**{k: v for k, v in arrays.items()}, key: Array(poisoned)})
     return reply
 
 

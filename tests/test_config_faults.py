@@ -84,7 +84,7 @@ class _NoNodes:
 
 
 def test_deployment_waits_for_nodes_logging_every_15_s(caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
-    from server_app import nodes
+    from mas_flower.strategy import nodes
 
     assert 10 <= nodes.LOG_EVERY <= 30
     monkeypatch.setattr(nodes, "LOG_EVERY", 1.0)  # same cadence logic, scaled down 15x
@@ -99,7 +99,7 @@ def test_deployment_waits_for_nodes_logging_every_15_s(caplog: pytest.LogCapture
 
 def test_failed_first_round_does_not_promise_a_checkpoint(monkeypatch, private_homes, tiny_federation: Path,
                                                           tmp_path: Path) -> None:
-    from server_app.runner import RoundFailed
+    from mas_flower.strategy.run import RoundFailed
     from tests.test_faults import run_faulty
 
     with pytest.raises(RoundFailed, match=r"(?s)round 1: .*before any checkpoint was written") as err:

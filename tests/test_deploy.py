@@ -229,7 +229,7 @@ def test_deploy_local_interrupted_stops_everything(private_homes, tiny_federatio
 
 
 def test_plan_generates_the_synthetic_federation_where_the_serverapp_looks(private_homes) -> None:
-    from server_app.config import load_settings, synthetic_root
+    from mas_flower.defaults import load_settings, synthetic_root
 
     config = "synthetic-buildings=3 synthetic-views=2 synthetic-size=16 clients-per-round=2"
     plan = plan_deployment(2, config, data_root="")

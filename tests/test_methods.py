@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mas_flower.defaults import load_settings
 from mas_flower.methods import FederationSpec, StageOutcome, build_method, list_methods
-from server_app.config import load_settings
 from tests.test_app_simulation import RESULT_KEYS, run_app
 
 

@@ -21,10 +21,10 @@ from tests.test_app_simulation import run_app
 NODES = 4
 
 
-def config(data: Path, out: Path, name: str) -> dict:
+def config(data: Path, out: Path, name: str, **extra) -> dict:
     return {"method": "mas", "task-set": "sdk", "splits": 2, "num-rounds": 5, "merge-rounds": 3,
             "affinity-rounds": 2, "affinity-every": 2, "clients-per-round": 3, "batch-size": 4, "image-size": 32,
-            "data-root": str(data), "output-dir": str(out), "run-name": name}
+            "data-root": str(data), "output-dir": str(out), "run-name": name, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +58,7 @@ def crash_during(phase: str, run_config: dict, run_dir: Path) -> None:
     assert not [p for p in pids_with_arg("tests.run_sim") if p != os.getpid()]
 
 
-@pytest.mark.parametrize("phase", ["merge", "split"])
-def test_killed_run_resumes_to_the_same_results(phase: str, uninterrupted: dict, tiny_federation: Path,
-                                                tmp_path: Path) -> None:
-    run_dir = tmp_path / "crashed"
-    crash_during(phase, config(tiny_federation, tmp_path, "crashed"), run_dir)
-    done = torch.load(run_dir / "checkpoint.pt", weights_only=False)["progress"]
-    assert done.stage.phase == phase
-    run_app({"resume": str(run_dir)}, NODES)
-    resumed = json.loads((run_dir / "results.json").read_text())
+def assert_same_run(resumed: dict, uninterrupted: dict) -> None:
     assert resumed["splits"] == uninterrupted["splits"]
     np.testing.assert_allclose(resumed["affinity"]["matrix"], uninterrupted["affinity"]["matrix"], rtol=1e-6)
     assert resumed["test_loss"] == pytest.approx(uninterrupted["test_loss"], rel=1e-6)
@@ -74,3 +66,35 @@ def test_killed_run_resumes_to_the_same_results(phase: str, uninterrupted: dict,
     for mine, theirs in zip(resumed["history"], uninterrupted["history"], strict=True):
         for name, entry in mine["federations"].items():
             assert entry["val_loss"] == pytest.approx(theirs["federations"][name]["val_loss"], rel=1e-6)
+
+
+def crash_and_resume(phase: str, run_config: dict, run_dir: Path) -> dict:
+    crash_during(phase, run_config, run_dir)
+    done = torch.load(run_dir / "checkpoint.pt", weights_only=False)["progress"]
+    assert done.stage.phase == phase
+    run_app({"resume": str(run_dir)}, NODES)
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.parametrize("phase", ["merge", "split"])
+def test_killed_run_resumes_to_the_same_results(phase: str, uninterrupted: dict, tiny_federation: Path,
+                                                tmp_path: Path) -> None:
+    resumed = crash_and_resume(phase, config(tiny_federation, tmp_path, "crashed"), tmp_path / "crashed")
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_killed_run_over_fedadam_resumes_with_its_server_optimiser_state(private_homes, tiny_federation: Path,
+                                                                         tmp_path: Path) -> None:
+    """FedAdam's moments (m_t, v_t) of the merged network are checkpointed: losing them would change
+    every later round. The run over FedAdam is also a different run from the one over FedAvg."""
+    fedadam = {"server-strategy": "fedadam", "server-lr": 0.05}
+    run_app(config(tiny_federation, tmp_path, "adam-reference", **fedadam), NODES)
+    reference = json.loads((tmp_path / "adam-reference" / "results.json").read_text())
+    assert reference["server_strategy"] == "fedadam"
+    assert reference["server_strategy_class"] == "flwr.serverapp.strategy.fedadam.FedAdam"
+    hyper = reference["server_hyperparameters"]
+    assert (hyper["eta"], hyper["beta_1"], hyper["beta_2"], hyper["tau"]) == (0.05, 0.9, 0.99, 0.001)
+    assert reference["config"]["server-strategy"] == "fedadam"
+    resumed = crash_and_resume("merge", config(tiny_federation, tmp_path, "adam-crashed", **fedadam),
+                               tmp_path / "adam-crashed")
+    assert_same_run(resumed, reference)

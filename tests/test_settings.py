@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
+from mas_flower.defaults import app_defaults, load_settings
 from mas_flower.settings import Settings
-from server_app.config import app_defaults, load_settings
 
 
 def test_pyproject_holds_a_default_for_every_setting() -> None:

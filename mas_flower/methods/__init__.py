@@ -5,9 +5,13 @@ Every module of this package is imported on first use, so adding a method is add
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mas_flower.methods.base import METHODS, FederationSpec, Method, Stage, StageOutcome
 from mas_flower.registry import import_submodules
-from mas_flower.settings import Settings
+
+if TYPE_CHECKING:
+    from mas_flower.settings import Settings
 
 import_submodules(__name__, __path__)
 
@@ -16,8 +20,27 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
+def method_class(name: str) -> type[Method]:
+    """The registered method class; ValueError naming the known ones if there is none."""
+    return METHODS.get(name)
+
+
+def split_methods() -> list[str]:
+    """Names of the methods that take a number of groups x."""
+    return [n for n in METHODS.names() if METHODS.get(n).takes_splits]
+
+
+def parse_label(label: str) -> tuple[str, int | None]:
+    """`mas-2` -> ('mas', 2); `one-by-one` -> ('one-by-one', None); unknown bases come back whole."""
+    base, _, x = label.rpartition("-")
+    if base in METHODS.names() and METHODS.get(base).takes_splits and x.isdigit():
+        return base, int(x)
+    return label, None
+
+
 def build_method(settings: Settings) -> Method:
     return METHODS.get(settings.method)(settings)
 
 
-__all__ = ["FederationSpec", "Method", "Stage", "StageOutcome", "build_method", "list_methods"]
+__all__ = ["FederationSpec", "Method", "Stage", "StageOutcome", "build_method", "list_methods", "method_class",
+           "parse_label", "split_methods"]

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 
 from mas_flower.registry import Registry
-from mas_flower.settings import Settings
+
+if TYPE_CHECKING:  # settings validates through the methods, never the other way round at import time
+    from mas_flower.settings import Settings
 
 State = dict[str, torch.Tensor]
 
@@ -65,9 +68,34 @@ class StageOutcome:
 
 
 class Method(ABC):
-    """A federated multiple-task learning method, as a sequence of stages."""
+    """A federated multiple-task learning method, as a sequence of stages.
+
+    The class attributes are the facts the rest of the app needs about a method (settings checks,
+    run names, suite labels, the paper's tables), so that adding a method is adding one file.
+    """
 
     name: str = ""
+    #: Whether it takes a number of groups x (`splits`); suites then write it `mas-2`.
+    takes_splits: ClassVar[bool] = False
+    #: How the paper's tables write it (`FedAvg`, `MAS`).
+    display_name: ClassVar[str] = ""
+    #: Its row in the paper's tables (lower first); methods not in the paper come after them.
+    paper_order: ClassVar[int] = 100
+    #: One network for every task (marked with * in the paper's tables).
+    all_in_one: ClassVar[bool] = False
+
+    @classmethod
+    def check(cls, settings: Settings) -> list[str]:
+        """What is wrong with `settings` for this method (empty when nothing), one message per problem."""
+        n = len(settings.task_set)
+        if cls.takes_splits and not 1 <= settings.splits <= n:
+            return [f"splits={settings.splits} must be between 1 and the {n} tasks of {settings.task_set!r}"]
+        return []
+
+    @classmethod
+    def label(cls, splits: int | None) -> str:
+        """How suites and summaries name a run of it: `mas-2`, `fedavg`."""
+        return f"{cls.name}-{splits}" if cls.takes_splits else cls.name
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

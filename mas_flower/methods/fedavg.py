@@ -7,5 +7,7 @@ from mas_flower.methods.base import FederationSpec, Method, Stage, register_meth
 
 @register_method("fedavg")
 class FedAvg(Method):
+    display_name, paper_order, all_in_one = "FedAvg", 1, True
+
     def first_stage(self) -> Stage:
         return self.stage("all-in-one", [FederationSpec("all", self.settings.task_set)])

@@ -20,6 +20,8 @@ from mas_flower.splitting import hoa_split
 
 @register_method("hoa")
 class HigherOrderApproximation(Method):
+    display_name, paper_order, takes_splits = "HOA", 4, True
+
     def first_stage(self) -> Stage:
         tasks = self.settings.task_set
         singles = [FederationSpec(t, t) for t in tasks]

@@ -15,6 +15,17 @@ from mas_flower.splitting import mas_split
 
 @register_method("mas")
 class MergeAndSplit(Method):
+    display_name, paper_order, takes_splits = "MAS", 6, True
+
+    @classmethod
+    def check(cls, settings) -> list[str]:
+        s, problems = settings, super().check(settings)
+        if not 1 <= s.merge_rounds <= s.num_rounds:
+            problems.append(f"merge-rounds={s.merge_rounds} must be between 1 and num-rounds={s.num_rounds}")
+        if not 1 <= s.affinity_rounds <= s.merge_rounds:
+            problems.append(f"affinity-rounds={s.affinity_rounds} must be between 1 and merge-rounds={s.merge_rounds}")
+        return problems
+
     def first_stage(self) -> Stage:
         s = self.settings
         merged = FederationSpec("all", s.task_set, measure_affinity=True)

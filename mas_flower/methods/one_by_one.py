@@ -10,5 +10,7 @@ from mas_flower.methods.base import FederationSpec, Method, Stage, register_meth
 
 @register_method("one-by-one")
 class OneByOne(Method):
+    display_name, paper_order = "One-by-one", 0
+
     def first_stage(self) -> Stage:
         return self.stage("single", [FederationSpec(t, t) for t in self.settings.task_set])

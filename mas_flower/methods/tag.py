@@ -14,6 +14,8 @@ from mas_flower.splitting import tag_split
 
 @register_method("tag")
 class TaskAffinityGrouping(Method):
+    display_name, paper_order, takes_splits = "TAG", 5, True
+
     def first_stage(self) -> Stage:
         s = self.settings
         merged = FederationSpec("all", s.task_set, measure_affinity=True)

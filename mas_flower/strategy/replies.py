@@ -7,14 +7,13 @@ exactly which node sent what.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message
 
-from client_app import protocol as P
-from mas_flower.methods.base import State
+from mas_flower import protocol as P
 
 
-def reject_train_reply(msg: Message, sent: State, tasks: str, lr: float) -> str | None:
-    """Why a train reply must not be aggregated (None if it may)."""
+def reject_train_reply(msg: Message, sent: ArrayRecord, tasks: str, lr: float) -> str | None:
+    """Why a train reply (one federation's view of it) must not be aggregated (None if it may)."""
     if msg.has_error():
         return f"client error: {msg.error.reason}"
     content = msg.content

@@ -10,10 +10,9 @@ from typing import Any
 from flwr.common.logger import log
 
 from mas_flower.energy import carbontracker_version
-from mas_flower.methods import StageOutcome
 from mas_flower.results import RESULTS_FILE, affinity_payload, save_torch, write_json
-from mas_flower.settings import Settings
-from server_app.runner import FederatedRunner, Ledger
+from mas_flower.strategy.method import MethodStrategy
+from mas_flower.strategy.run import Ledger
 
 
 def energy_summary(ledger: Ledger, remote_nodes: int) -> dict[str, Any]:
@@ -37,9 +36,21 @@ def energy_summary(ledger: Ledger, remote_nodes: int) -> dict[str, Any]:
     }
 
 
-def write_outputs(settings: Settings, runner: FederatedRunner, outcome: StageOutcome,
-                  test_loss: dict[str, float], run_dir: Path) -> Path:
-    method, ledger = runner.method, runner.ledger
+def server_strategy_record(strategy: MethodStrategy) -> dict[str, Any]:
+    """Which Flower strategy aggregated the federations, and its hyperparameters (scalar settings)."""
+    instances = [s for p in [strategy.progress] if p is not None for s in p.strategies.values()]
+    instance = instances[0] if instances else None
+    name = strategy.aggregator if isinstance(strategy.aggregator, str) else type(instance).__name__
+    hyper = {k: v for k, v in vars(instance).items() if not k.startswith("_") and isinstance(v, (int, float, str))
+             and not k.endswith("_key")} if instance is not None else {}
+    return {"server_strategy": name, "server_strategy_class": f"{type(instance).__module__}.{type(instance).__name__}"
+            if instance is not None else None, "server_hyperparameters": hyper}
+
+
+def write_outputs(strategy: MethodStrategy, run_dir: Path) -> Path:
+    """results.json (last, atomically), affinity.json, and every stage's networks under weights/."""
+    settings, method, ledger = strategy.settings, strategy.method, strategy.ledger
+    runner, outcome, test_loss = strategy, strategy.outcome, strategy.test_loss
     weights = run_dir / "weights"
     weights.mkdir(exist_ok=True)
     for done in runner.outcomes:  # every stage's final networks, and the inherited starts of later stages
@@ -65,6 +76,7 @@ def write_outputs(settings: Settings, runner: FederatedRunner, outcome: StageOut
         **energy_summary(ledger, len(runner.remote)),
         "affinity": affinity,
         "served_by": method.serving(outcome),
+        **server_strategy_record(strategy),
         "details": method.details,
         "nodes": sorted(runner.nodes.values()),
         "history": ledger.history,

@@ -1,0 +1,85 @@
+"""Flower's own strategies by name (`server-strategy`), with their hyperparameters from the run config.
+
+Every federation of a run gets its own instance, so a server optimiser (FedAdam's moments, FedAvgM's
+momentum) keeps its state per network. Hyperparameters left at 0 in the run config (`server-lr`) take
+the chosen strategy's own Flower default; the others default to Flower's values in the app's config.
+Flower is imported only when a strategy is built, so settings can be checked without it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mas_flower import protocol as P
+
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import Strategy
+
+    from mas_flower.settings import Settings
+
+#: name -> (class in `flwr.serverapp.strategy`, {Flower keyword: Settings field}).
+SERVER_STRATEGIES: dict[str, tuple[str, dict[str, str]]] = {
+    "fedavg": ("FedAvg", {}),
+    "fedprox": ("FedProx", {"proximal_mu": "fedprox_mu"}),
+    "fedadam": ("FedAdam", {"eta": "server_lr", "eta_l": "lr", "beta_1": "beta_1", "beta_2": "beta_2",
+                            "tau": "tau"}),
+    "fedyogi": ("FedYogi", {"eta": "server_lr", "eta_l": "lr", "beta_1": "beta_1", "beta_2": "beta_2",
+                            "tau": "tau"}),
+    "fedadagrad": ("FedAdagrad", {"eta": "server_lr", "eta_l": "lr", "tau": "tau"}),
+    "fedavgm": ("FedAvgM", {"server_learning_rate": "server_lr", "server_momentum": "server_momentum"}),
+    "fedmedian": ("FedMedian", {}),
+    "fedtrimmedavg": ("FedTrimmedAvg", {"beta": "trim_beta"}),
+}
+
+#: Settings fields whose value 0 means "the strategy's own Flower default".
+FLOWER_DEFAULT_IF_ZERO = ("server_lr",)
+
+StrategyFactory = Callable[[], "Strategy"]
+
+
+def _flower_class(name: str) -> type:
+    import flwr.serverapp.strategy as flower
+
+    return getattr(flower, SERVER_STRATEGIES[name][0])
+
+
+def server_hyperparameters(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments that `server_strategy` gives Flower's class (recorded in results.json)."""
+    name = settings.server_strategy
+    if name not in SERVER_STRATEGIES:
+        raise ValueError(f"server-strategy={name!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+    defaults = inspect.signature(_flower_class(name).__init__).parameters
+    out: dict[str, Any] = {}
+    for keyword, field in SERVER_STRATEGIES[name][1].items():
+        value = getattr(settings, field)
+        if field in FLOWER_DEFAULT_IF_ZERO and value == 0:
+            value = defaults[keyword].default
+        out[keyword] = value
+    return out
+
+
+def server_strategy(settings: Settings) -> Strategy:
+    """A fresh Flower strategy named by `server-strategy`, reading and writing our message keys.
+
+    It samples nothing itself: the federation's driver hands it only the round's sampled nodes,
+    and fraction 1.0 with minimum 1 makes it take all of them.
+    """
+    cls = _flower_class(settings.server_strategy)
+    return cls(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
+               min_available_nodes=1, weighted_by_key=P.NUM_EXAMPLES, arrayrecord_key=P.ARRAYS,
+               configrecord_key=P.CONFIG, **server_hyperparameters(settings))
+
+
+def strategy_factory(aggregator: str | StrategyFactory, settings: Settings) -> StrategyFactory:
+    """A callable making one fresh strategy per federation: from a `server-strategy` name (with the
+    run's hyperparameters) or a user's own callable (e.g. `lambda: FedAdam(eta=0.01)`)."""
+    if callable(aggregator):
+        return aggregator
+    if aggregator not in SERVER_STRATEGIES:
+        raise ValueError(f"server-strategy={aggregator!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+    import dataclasses
+
+    named = dataclasses.replace(settings, server_strategy=aggregator)
+    return lambda: server_strategy(named)

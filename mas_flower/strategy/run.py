@@ -1,0 +1,149 @@
+"""What a run shares across its stages: its nodes, its seeded sampler, its books, where it is.
+
+All of it is checkpointed after every round (`MethodStrategy`), so a killed run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from mas_flower import protocol as P
+from mas_flower.energy import host_id
+from mas_flower.methods.base import Stage, State
+from mas_flower.settings import Settings
+from mas_flower.strategy.exchange import exchange
+from mas_flower.strategy.nodes import wait_for_nodes
+
+
+class RoundFailed(RuntimeError):
+    """Too few valid replies after every retry: the run stops, its checkpoint stays."""
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from names and numbers that is the same in every process and run (unlike hash())."""
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class Ledger:
+    """What the run has measured so far, for results.json (checkpointed with everything else)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    client_train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    #: Energy of remote nodes (on other machines than the server), summed from their replies.
+    remote_energy_kwh: float = 0.0
+    remote_co2_g: float = 0.0
+    remote_estimated: bool = False
+    #: Energy reports of the server's own meter, one per session of the run (a resume starts one).
+    local_energy: list[dict[str, Any]] = field(default_factory=list)
+    #: Precisions the clients trained in ("bf16", "fp32"), as they reported them.
+    precisions: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Progress:
+    """Where the run is: enough, with the ledger, to continue it exactly after a crash."""
+
+    stage: Stage
+    states: dict[str, State]
+    next_round: int = 0  # index within the stage
+    affinity_rounds: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    #: Every federation's Flower strategy, with its state (server-optimiser moments, momentum).
+    strategies: dict[str, Any] = field(default_factory=dict)
+
+
+class NodeRoster:
+    """The run's nodes (node id -> building) and its seeded sampler of K distinct nodes per round."""
+
+    def __init__(self, settings: Settings, rng_state: dict | None = None) -> None:
+        self.settings = settings
+        self.rng = np.random.default_rng(settings.seed)
+        if rng_state is not None:
+            self.rng.bit_generator.state = rng_state
+        self.nodes: dict[int, str] = {}
+        self.remote: set[int] = set()  # nodes on other machines: they meter their own training
+
+    def data_config(self) -> dict[str, Any]:
+        s = self.settings
+        return {"data-root": s.data_root, "all-tasks": s.task_set, "image-size": s.image_size, "model": s.model}
+
+    def discover(self, grid: Grid) -> dict[int, str]:
+        """Ask every node which building it holds; map node ids (random per run) to buildings.
+
+        Raises ValueError when fewer than `clients-per-round` nodes connect or answer within
+        `node-timeout`, RuntimeError when a node cannot load its data.
+        """
+        s = self.settings
+        need = s.clients_per_round
+        ids = wait_for_nodes(grid, need, s.node_timeout)
+        query = RecordDict({P.CONFIG: ConfigRecord(self.data_config())})
+        tagged = [(nid, Message(content=query, dst_node_id=nid, message_type=f"{MessageType.QUERY}.{P.INFO_QUERY}"))
+                  for nid in ids]
+        # The first message also waits for the engine or the nodes to start up: the longer timeout.
+        replies = exchange(grid, tagged, timeout=max(s.node_timeout, s.reply_timeout))
+        failures = [f"node {nid}: {r.error.reason}" for nid, r in replies.items() if r.has_error()]
+        if failures:
+            raise RuntimeError("nodes could not load their data: " + "; ".join(failures))
+        here = host_id()
+        for nid, reply in replies.items():
+            info = reply.content[P.CONFIG]
+            self.nodes[nid] = str(info[P.BUILDING])
+            if str(info.get(P.HOST, here)) != here:
+                self.remote.add(nid)
+        if len(self.nodes) < need:
+            raise ValueError(f"clients-per-round={need} but only {len(self.nodes)} nodes answered")
+        log(INFO, "federation: %d nodes: %s (%d on other machines)", len(self.nodes),
+            ", ".join(sorted(self.nodes.values())), len(self.remote))
+        return self.nodes
+
+    def ordered(self) -> list[int]:
+        """Node ids ordered by building name: the order replies are aggregated in."""
+        return sorted(self.nodes, key=lambda nid: (self.nodes[nid], nid))
+
+    def sample(self) -> list[int]:
+        """K = clients-per-round distinct nodes, drawn without replacement from the seeded generator."""
+        ordered = self.ordered()
+        picks = self.rng.choice(len(ordered), size=self.settings.clients_per_round, replace=False)
+        return [ordered[i] for i in sorted(picks)]
+
+
+class NodesView(Grid):
+    """A Grid that shows a Flower strategy only the nodes chosen for this round (all else delegated)."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    # Grid's abstract methods, delegated.
+    def set_run(self, run_id: int) -> None:
+        self._grid.set_run(run_id)
+
+    @property
+    def run(self):  # type: ignore[override]
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def push_messages(self, messages):  # type: ignore[override]
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):  # type: ignore[override]
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[override]
+        return self._grid.send_and_receive(messages, timeout=timeout)
