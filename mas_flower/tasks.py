@@ -66,8 +66,8 @@ class Task:
         """
         if self.is_classification:
             return raw[:, 0].long()
-        if raw.dtype == torch.uint16:  # few kernels take uint16 (CUDA none): widen exactly via int16 bits
-            raw = raw.view(torch.int16).int() & 0xFFFF
+        if raw.dtype == torch.uint16 and raw.device.type != "cpu":  # few kernels take uint16 off the CPU:
+            raw = raw.view(torch.int16).int() & 0xFFFF  # widen exactly via its int16 bits
         x = raw.float()
         if self.keep == "mean":
             x = x.mean(dim=1, keepdim=True)

@@ -175,3 +175,19 @@ def test_two_round_mas_in_bf16_measures_the_affinity_of_fp32(private_homes, tiny
         matrices[precision] = np.array(results["affinity"]["matrix"])
     assert np.abs(matrices["fp32"]).max() > 1e-3
     np.testing.assert_allclose(matrices["bf16"], matrices["fp32"], rtol=0, atol=1e-5)
+
+
+def test_sync_free_flip_equals_the_indexed_flip(building):
+    """The GPU path's `torch.where` flip (run here on the CPU) gives exactly the CPU path's values."""
+    from mas_flower.data.batching import decode_batch, flip_samples
+
+    raw, same = (next(building.split("train").raw_batches(8, shuffle=True, augment=True,
+                                                          generator=torch.Generator().manual_seed(5)))
+                 for _ in range(2))  # two copies: decoding hands the mask over as it is, and flips it in place
+    assert 0 < int(raw.flip.sum()) < 8
+    tasks = building._task_list
+    indexed = decode_batch(raw, tasks, with_mask=True)
+    plain = decode_batch(type(same)(same.arrays, None), tasks, with_mask=True)
+    flip_samples(plain, same.flip, tasks, select=True)
+    for k in indexed:
+        assert torch.equal(indexed[k], plain[k]), k
