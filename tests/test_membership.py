@@ -50,9 +50,11 @@ def test_a_killed_client_fails_the_run_naming_the_buildings_the_test_missed(monk
     """The dead actor stays in Flower's pool and fails every message it gets: the test cannot cover
     every building, so the run fails (test-coverage=all) and writes no results.json."""
     killed: list[int] = []
-    with pytest.raises(CoverageError, match=r"the test covered \d of the 4 buildings holding test data: missing ") as err:
+    with pytest.raises(CoverageError, match=r"the test covered [0-3] of the 4 buildings holding test data") as err:
         run_with_a_killed_actor(monkeypatch, tiny_federation, tmp_path, killed)
-    print(err.value)
+    assert "ActorDiedError" in str(err.value)  # why each missing building is missing
+    missing = str(err.value).partition("missing ")[2]
+    assert any(b in missing for b in list_buildings(tiny_federation)[:4])
     assert not (tmp_path / "killed" / "results.json").exists()
     assert (tmp_path / "killed" / "checkpoint.pt").exists()
 
@@ -71,3 +73,13 @@ def test_with_test_coverage_any_results_name_what_each_evaluation_covered(monkey
     assert results["history"][0]["federations"]["all"]["val_buildings"] == buildings  # before the kill
     later = [e["val_buildings"] for h in results["history"][1:] for e in h["federations"].values()]
     assert any(len(c) < 4 for c in later)  # what each validation covered, named
+
+
+def test_two_nodes_claiming_one_building_are_refused_naming_both(monkeypatch, private_homes, tiny_federation: Path,
+                                                                tmp_path: Path) -> None:
+    taken = list_buildings(tiny_federation)[0]
+    with pytest.raises(ValueError, match=rf"two nodes claim the same building .*building '{taken}': nodes \d+, \d+"):
+        run_faulty(monkeypatch, f"2=building={taken}",
+                   {**BASE, "clients-per-round": 2, "data-root": str(tiny_federation), "output-dir": str(tmp_path),
+                    "run-name": "twice"}, nodes=3)
+    assert not (tmp_path / "twice").exists()  # refused before the run folder was made

@@ -101,7 +101,9 @@ class ParallelFederations(Strategy):
         self._eval_nodes: list[int] = []
         self._sampled: list[int] = []
         self.failed_nodes: set[int] = set()  # sampled nodes whose training reply was missing or rejected
+        self.unavailable: set[int] = set()  # nodes Flower answered "Node Unavailable" for
         self.covered: dict[str, list[str]] = {}  # federation -> buildings its last evaluation covered
+        self.uncovered: dict[str, str] = {}  # building -> why its last evaluation was left out
 
     @property
     def federations(self) -> list[FederationSpec]:
@@ -141,7 +143,7 @@ class ParallelFederations(Strategy):
                         grid: Grid) -> Iterable[Message]:
         """Sample K distinct nodes; one train message per node carrying every federation."""
         sampled = self.roster.sample()
-        self._sampled, self.failed_nodes = sampled, set()
+        self._sampled, self.failed_nodes, self.unavailable = sampled, set(), set()
         self.record = {"sampled": [self.roster.nodes[n] for n in sampled]}
         per_fed = split_arrays(arrays)
         contents = {nid: RecordDict({P.CONFIG: ConfigRecord({**dict(config),
@@ -188,6 +190,8 @@ class ParallelFederations(Strategy):
                 else:
                     failed.append(f"{self.roster.nodes[nid]} ({fed.name}): {reason}")
                     self.failed_nodes.add(nid)
+                    if membership.unavailable(reply):
+                        self.unavailable.add(nid)
         return accepted, failed
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -267,7 +271,7 @@ class ParallelFederations(Strategy):
         weighted by examples); raises RoundFailed when no node evaluated some federation."""
         by_node = {m.metadata.src_node_id: m for m in replies}
         metrics = MetricRecord()
-        self.val_losses, self.covered = {}, {}
+        self.val_losses, self.covered, self.uncovered, self.unavailable = {}, {}, {}, set()
         for fed in self.federations:
             good = []
             for nid in self._sent_to[fed.name]:
@@ -284,6 +288,9 @@ class ParallelFederations(Strategy):
                 else:
                     log(WARNING, "%s of %s on %s rejected: %s", self._eval_split, fed.name,
                         self.roster.nodes[nid], reason)
+                    self.uncovered.setdefault(self.roster.nodes[nid], reason)
+                    if membership.unavailable(reply):
+                        self.unavailable.add(nid)
             self.covered[fed.name] = [self.roster.nodes[m.metadata.src_node_id] for m in good]
             if not good:
                 raise RoundFailed(f"no node evaluated federation {fed.name!r} on {self._eval_split}")
@@ -300,8 +307,11 @@ class ParallelFederations(Strategy):
         `covered` names the buildings each federation's losses come from."""
         membership.refresh(self.roster, grid, server_round, count=False)
         messages = self.configure_evaluate(server_round, arrays, ConfigRecord({"split": split}), grid)
-        self.aggregate_evaluate(server_round, exchange(grid, [(m.metadata.dst_node_id, m) for m in messages],
-                                                       timeout=self.timeout()).values())
+        replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
+        try:
+            self.aggregate_evaluate(server_round, replies.values())
+        finally:
+            membership.forget(self.roster, self.unavailable)
         return self.val_losses
 
     def timeout(self) -> float | None:
@@ -316,7 +326,8 @@ class ParallelFederations(Strategy):
             messages = self.configure_train(server_round, arrays, config or ConfigRecord(), grid)
             replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
             new, metrics = self.aggregate_train(server_round, replies.values())
-            membership.record_exchange(self.roster, self._sampled, self.failed_nodes, server_round)
+            membership.record_exchange(self.roster, self._sampled, self.failed_nodes, self.unavailable,
+                                       server_round)
             if new is not None:
                 return new, metrics
             log(WARNING, "round %d attempt %d/%d: too few valid replies %s (min-replies=%d)", server_round,

@@ -5,9 +5,10 @@ messages to a dead node with an error ("Node Unavailable") or not at all. A node
 back with a new id. So, before every training exchange of a round (`refresh`):
 
 * ids Flower no longer lists are dropped and never sampled again;
+* ids that Flower answers "Node Unavailable" for (no heartbeat) are dropped at once;
 * new ids are asked for their building (the same info query as at discovery); a new id claiming the
-  building of a node that is gone or failing replaces it (a restart); claiming the building of a
-  healthy node, it is refused (logged with both ids) and not sampled;
+  building of a node that is gone or failing replaces it (a restart: the old id is never used again);
+  claiming the building of a healthy node, it waits on standby (logged with both ids), not sampled;
 * a building whose node failed, or that had no node, in `lost-after` training exchanges in a row is
   *lost*: not sampled, recorded with the round in `Ledger.lost`. A node claiming it later rejoins.
 
@@ -22,6 +23,7 @@ from logging import INFO, WARNING
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -61,6 +63,11 @@ def query_info(roster: NodeRoster, grid: Grid, ids: Iterable[int], timeout: floa
     return infos, errors
 
 
+def unavailable(reply: Message | None) -> bool:
+    """Whether Flower answered for the node that it is unavailable (no heartbeat: gone or stopped)."""
+    return reply is not None and reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE
+
+
 def duplicate_claims(claims: dict[int, str]) -> list[str]:
     """'building b: nodes 1, 2' for every building that more than one node id claims."""
     holders: dict[str, list[int]] = {}
@@ -92,28 +99,35 @@ def refresh(roster: NodeRoster, grid: Grid, server_round: int, *, count: bool = 
     listed = set(grid.get_node_ids())
     for nid in [n for n in roster.nodes if n not in listed]:
         drop(roster, nid, "is no longer connected (Flower does not list it)")
-    new = sorted(listed - set(roster.nodes) - roster.refused)
+    roster.standby = {n: info for n, info in roster.standby.items() if n in listed}
+    new = sorted(listed - set(roster.nodes) - set(roster.standby) - roster.gone)
     if new:
         infos, errors = query_info(roster, grid, new, roster.settings.node_timeout)
         for nid, reason in errors.items():
             log(WARNING, "new node %d could not tell its building: %s", nid, reason)
-        holder = {b: n for n, b in roster.nodes.items()}
+            roster.gone.add(nid)
         for nid, info in sorted(infos.items()):
-            building = info["building"]
-            old = holder.get(building)
-            if old is not None and roster.failures.get(building, 0) == 0:
-                log(WARNING, "node %d claims building %r, which node %d holds and serves well: refused",
-                    nid, building, old)
-                roster.refused.add(nid)
-                continue
-            if old is not None:
-                drop(roster, old, f"is replaced by node {nid} (a restart: the same building, a new id)")
-            if roster.lost.pop(building, None) is not None:
-                log(INFO, "building %r rejoins with node %d", building, nid)
-            log(INFO, "node %d joins with building %r", nid, building)
-            admit(roster, {nid: info})
-            roster.failures[building] = 0
-            holder[building] = nid
+            log(INFO, "new node %d claims building %r", nid, info["building"])
+        roster.standby.update(infos)
+    holder = {b: n for n, b in roster.nodes.items()}
+    for nid, info in sorted(roster.standby.items()):
+        building = info["building"]
+        old = holder.get(building)
+        if old is not None and roster.failures.get(building, 0) == 0:
+            if nid in new:
+                log(WARNING, "node %d claims building %r, which node %d holds and serves well: not sampled "
+                    "unless node %d fails", nid, building, old, old)
+            continue
+        if old is not None:
+            drop(roster, old, f"is replaced by node {nid} (a restart: the same building, a new id)")
+            roster.gone.add(old)
+        if roster.lost.pop(building, None) is not None:
+            log(INFO, "building %r rejoins with node %d", building, nid)
+        log(INFO, "node %d joins with building %r", nid, building)
+        del roster.standby[nid]
+        admit(roster, {nid: info})
+        roster.failures[building] = 0
+        holder[building] = nid
     if not count:
         return
     served = set(roster.nodes.values())
@@ -123,14 +137,24 @@ def refresh(roster: NodeRoster, grid: Grid, server_round: int, *, count: bool = 
     mark_lost(roster, server_round)
 
 
-def record_exchange(roster: NodeRoster, sampled: Iterable[int], failed: set[int], server_round: int) -> None:
+def record_exchange(roster: NodeRoster, sampled: Iterable[int], failed: set[int], unavailable: set[int],
+                    server_round: int) -> None:
     """After a training exchange: a sampled node that failed counts one more failure in a row for its
-    building; one that succeeded resets it."""
+    building; one that succeeded resets it. Ids Flower answered "Node Unavailable" for are dropped
+    for good (a restarted node comes back with a new id)."""
     for nid in sampled:
         building = roster.nodes.get(nid)
         if building is not None:
             roster.failures[building] = roster.failures.get(building, 0) + 1 if nid in failed else 0
+    forget(roster, unavailable)
     mark_lost(roster, server_round)
+
+
+def forget(roster: NodeRoster, unavailable: set[int]) -> None:
+    """Drop ids that Flower reported unavailable; they are never sampled or admitted again."""
+    for nid in sorted(unavailable & set(roster.nodes)):
+        drop(roster, nid, "is unavailable (Flower: no heartbeat)")
+    roster.gone |= unavailable
 
 
 def mark_lost(roster: NodeRoster, server_round: int) -> None:
@@ -141,13 +165,16 @@ def mark_lost(roster: NodeRoster, server_round: int) -> None:
             roster.lost[building] = {"round": server_round, "failed_in_a_row": count}
             for nid in [i for i, b in roster.nodes.items() if b == building]:
                 drop(roster, nid, f"failed {count} rounds in a row (lost-after={n}): building lost")
+                roster.gone.add(nid)
             log(WARNING, "building %r is lost in round %d", building, server_round)
 
 
-def check_test_coverage(roster: NodeRoster, covered: dict[str, list[str]]) -> dict[str, Any]:
+def check_test_coverage(roster: NodeRoster, covered: dict[str, list[str]], reasons: dict[str, str] | None = None
+                        ) -> dict[str, Any]:
     """The final test's coverage: {"test_buildings": federation -> buildings it covered,
     "test_missing": buildings holding test data that some federation missed, "lost_buildings"}.
 
+    `reasons`: building -> why its test reply was left out, for the error message.
     Raises CoverageError naming the missing buildings when `test-coverage=all` and any building that
     holds test data is missing from some federation's test (`any`: when a federation covered none).
     """
@@ -157,7 +184,10 @@ def check_test_coverage(roster: NodeRoster, covered: dict[str, list[str]]) -> di
                "lost_buildings": dict(roster.lost)}
     empty = [name for name, done in covered.items() if not done]
     if roster.settings.test_coverage == "all" and missing or empty:
-        why = "; ".join(f"{b} (lost in round {roster.lost[b]['round']})" if b in roster.lost else b for b in missing)
+        reasons = reasons or {}
+        why = "; ".join(f"{b} (lost in round {roster.lost[b]['round']})" if b in roster.lost
+                        else f"{b} ({reasons[b][:200]})" if b in reasons else f"{b} (no node holds it now)"
+                        for b in missing)
         raise CoverageError(f"the test covered {len(required) - len(missing)} of the {len(required)} buildings "
                             f"holding test data: missing {why or ', '.join(empty)}. No result is written: a partial "
                             "test is not the federation's test (test-coverage=any accepts one)")

@@ -174,7 +174,7 @@ class MethodStrategy(Strategy):
         self.outcome = outcome
         serving = self.method.serving(outcome)
         test = self.current.evaluate(grid, self.settings.num_rounds, result.arrays, "test")
-        self.coverage = check_test_coverage(self.roster, self.current.covered)
+        self.coverage = check_test_coverage(self.roster, self.current.covered, self.current.uncovered)
         self.test_loss = {letter: test[name][letter] for letter, name in serving.items()}
         self._count_wall_time()
         return result

@@ -72,11 +72,13 @@ class NodeRoster:
         self.nodes: dict[int, str] = {}
         self.remote: set[int] = set()  # nodes on other machines: they meter their own training
         # Membership (`membership.py`): buildings holding test data, failures in a row per building,
-        # lost buildings (building -> when), node ids refused for claiming a served building.
+        # lost buildings (building -> when), new ids claiming a served building (id -> their info),
+        # ids never to use again (unavailable, replaced, lost).
         self.test_buildings: set[str] = set()
         self.failures: dict[str, int] = {}
         self.lost: dict[str, dict[str, int]] = {}
-        self.refused: set[int] = set()
+        self.standby: dict[int, dict[str, Any]] = {}
+        self.gone: set[int] = set()
 
     def data_config(self) -> dict[str, Any]:
         s = self.settings
