@@ -27,7 +27,7 @@ SLEEP_SECONDS = 16.0
 def faults() -> dict[int, str]:
     """From the environment (set by the test before the simulation starts its workers)."""
     spec = os.environ.get("MAS_FLOWER_TEST_FAULTS", "")
-    return {int(k): v for k, v in (item.split("=") for item in spec.split(",") if item)}
+    return {int(k): v for k, v in (item.split("=", 1) for item in spec.split(",") if item)}
 
 
 app = ClientApp()
