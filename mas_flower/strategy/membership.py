@@ -183,7 +183,7 @@ def check_test_coverage(roster: NodeRoster, covered: dict[str, list[str]], reaso
     summary = {"test_buildings": covered, "test_missing": missing, "test_coverage": roster.settings.test_coverage,
                "lost_buildings": dict(roster.lost)}
     empty = [name for name, done in covered.items() if not done]
-    if roster.settings.test_coverage == "all" and missing or empty:
+    if (roster.settings.test_coverage == "all" and missing) or empty:
         reasons = reasons or {}
         why = "; ".join(f"{b} (lost in round {roster.lost[b]['round']})" if b in roster.lost
                         else f"{b} ({reasons[b][:200]})" if b in reasons else f"{b} (no node holds it now)"
