@@ -17,6 +17,9 @@ from typing import Any
 from mas_flower.tasks import parse_tasks
 from mas_flower.training import PRECISIONS
 
+#: `test-coverage` values: the final test covers `all` buildings holding test data, or `any` of them.
+TEST_COVERAGE = ("all", "any")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -65,6 +68,10 @@ class Settings:
     trim_beta: float
     #: Validate every this many rounds (and always in a stage's last round).
     eval_every: int
+    #: A building whose node fails this many rounds in a row is reported lost and no longer sampled.
+    lost_after: int
+    #: Which buildings holding test data the final test must cover: `all` of them, or `any` (at least one).
+    test_coverage: str
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> Settings:
@@ -115,6 +122,10 @@ class Settings:
                             f"{self.clients_per_round}")
         if self.round_retries < 0 or self.reply_timeout < 0 or self.energy_intensity < 0:
             problems.append("round-retries, reply-timeout and energy-intensity must be non-negative")
+        if self.lost_after < 1:
+            problems.append(f"lost-after={self.lost_after} must be at least 1")
+        if self.test_coverage not in TEST_COVERAGE:
+            problems.append(f"test-coverage={self.test_coverage!r} must be one of {', '.join(TEST_COVERAGE)}")
         if self.node_timeout <= 0:
             problems.append(f"node-timeout={self.node_timeout} must be positive")
         if self.resume and not Path(self.resume).is_absolute():

@@ -2,7 +2,9 @@
 
 FAULTS maps a partition id to a fault: "raise" (the handler raises), "nan" (the trained arrays
 come back with NaN), "sleep" (its first train reply comes after SLEEP_SECONDS) or "late-raise" (raises from
-round 2 on), "remote" (the node says it runs on another machine, so it meters its own training).
+round 2 on), "remote" (the node says it runs on another machine, so it meters its own training),
+"killed" (in round 2 it writes its process id to `actor-pid` in the fault folder and waits there to be
+SIGKILLed, as an out-of-memory kill would end it), "building=<name>" (it claims that building).
 Other nodes behave normally.
 """
 
@@ -25,7 +27,7 @@ SLEEP_SECONDS = 16.0
 def faults() -> dict[int, str]:
     """From the environment (set by the test before the simulation starts its workers)."""
     spec = os.environ.get("MAS_FLOWER_TEST_FAULTS", "")
-    return {int(k): v for k, v in (item.split("=") for item in spec.split(",") if item)}
+    return {int(k): v for k, v in (item.split("=", 1) for item in spec.split(",") if item)}
 
 
 app = ClientApp()
@@ -38,6 +40,9 @@ def train(msg: Message, context: Context) -> Message:
     if fault == "raise" or (fault == "late-raise" and round_ >= 2):
         raise RuntimeError("injected fault: this client crashed")
     marker = Path(os.environ.get("MAS_FLOWER_TEST_FAULT_DIR", "/nonexistent")) / f"slept-{context.node_id}"
+    if fault == "killed" and round_ == 2:
+        (marker.parent / "actor-pid").write_text(str(os.getpid()))
+        time.sleep(120)  # the test kills this process meanwhile
     if fault == "sleep" and not marker.exists():
         marker.touch()  # a file, not context.state: a reply that came too late may not save the node's state
         time.sleep(SLEEP_SECONDS)
@@ -58,6 +63,9 @@ app.evaluate()(real.evaluate_)
 @app.query(P.INFO_QUERY)
 def info(msg: Message, context: Context) -> Message:
     reply = real.info(msg, context)
-    if faults().get(int(context.node_config["partition-id"])) == "remote":
+    fault = faults().get(int(context.node_config["partition-id"]), "")
+    if fault == "remote":
         reply.content[P.CONFIG][P.HOST] = f"another-machine-{context.node_id}"
+    if fault.startswith("building="):
+        reply.content[P.CONFIG][P.BUILDING] = fault.partition("=")[2]
     return reply

@@ -42,6 +42,10 @@ def test_results_have_every_key(mas_run: Path) -> None:
     assert results["total_test_loss"] == pytest.approx(sum(results["test_loss"].values()))
     assert all(np.isfinite(v) and v > 0 for v in results["test_loss"].values())
     assert results["client_train_seconds"] > 0 and results["wall_seconds"] > results["client_train_seconds"] / 3
+    # Every network's test covered every building, and each validation names the buildings it covered.
+    assert results["test_missing"] == [] and results["lost_buildings"] == {}
+    assert all(covered == results["nodes"] for covered in results["test_buildings"].values())
+    assert all(e["val_buildings"] == results["nodes"] for h in results["history"] for e in h["federations"].values())
 
 
 def test_merge_then_split_rounds(mas_run: Path) -> None:

@@ -32,7 +32,7 @@ def run_faulty(monkeypatch, faults: str, overrides: dict, nodes: int) -> None:
 def test_failed_poisoned_and_slow_clients_are_left_out(monkeypatch, private_homes, tiny_federation: Path,
                                                        tmp_path: Path) -> None:
     run_faulty(monkeypatch, "0=raise,1=nan,2=sleep",
-               {**BASE, "clients-per-round": 5, "min-replies": 2, "reply-timeout": 8.0,
+               {**BASE, "clients-per-round": 5, "min-replies": 2, "reply-timeout": 8.0, "lost-after": 4,
                 "data-root": str(tiny_federation), "output-dir": str(tmp_path), "run-name": "faults"}, nodes=5)
     run = tmp_path / "faults"
     results = json.loads((run / "results.json").read_text())

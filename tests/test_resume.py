@@ -55,7 +55,8 @@ def crash_during(phase: str, run_config: dict, run_dir: Path) -> None:
     assert not (run_dir / "results.json").exists()
     # Ray's processes live in the killed group or die with their parent; none of this run may linger.
     time.sleep(1.0)
-    assert not [p for p in pids_with_arg("tests.run_sim") if p != os.getpid()]
+    # (This run's only: other checkouts on the machine may be running theirs.)
+    assert not [p for p in pids_with_arg(json.dumps(run_config)) if p != os.getpid()]
 
 
 def assert_same_run(resumed: dict, uninterrupted: dict) -> None:
@@ -81,6 +82,21 @@ def test_killed_run_resumes_to_the_same_results(phase: str, uninterrupted: dict,
                                                 tmp_path: Path) -> None:
     resumed = crash_and_resume(phase, config(tiny_federation, tmp_path, "crashed"), tmp_path / "crashed")
     assert_same_run(resumed, uninterrupted)
+    assert_energy_kept(resumed)
+
+
+def assert_energy_kept(resumed: dict) -> None:
+    """The energy metered before the kill is in the resumed run's total: one part per finished round
+    of the first session, checkpointed with it, then the second session's parts."""
+    parts = resumed["energy_parts"]
+    before = [p for p in parts if p["session"] == 1]
+    after = [p for p in parts if p["session"] == 2]
+    assert before and after and len(before) + len(after) == len(parts)
+    assert [p["rounds_done"] for p in before] == list(range(1, len(before) + 1))
+    assert all(p["energy_kwh"] > 0 for p in parts)
+    assert resumed["energy_kwh"] == pytest.approx(sum(p["energy_kwh"] for p in parts), rel=1e-12)
+    assert sum(p["energy_kwh"] for p in before) > 0.2 * resumed["energy_kwh"]
+    assert "2 session(s)" in resumed["energy_covers"] and "resumed" in resumed["energy_covers"]
 
 
 def test_killed_run_over_fedadam_resumes_with_its_server_optimiser_state(private_homes, tiny_federation: Path,

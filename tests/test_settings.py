@@ -28,6 +28,8 @@ def test_defaults_are_valid_and_typed() -> None:
     ({"data-root": "relative/path"}, "data-root='relative/path'"),
     ({"lr": "fast"}, "'lr'"),
     ({"affinity-mode": "guess"}, "affinity-mode='guess'"),
+    ({"lost-after": 0}, "lost-after=0 must be at least 1"),
+    ({"test-coverage": "most"}, "test-coverage='most' must be one of all, any"),
 ])
 def test_bad_settings_name_the_key(override: dict, message: str) -> None:
     with pytest.raises(ValueError, match="invalid run config|run-config key") as err:

@@ -18,6 +18,7 @@ _EXPORTS = {
     "ParallelFederations": "mas_flower.strategy.federations",
     "MethodStrategy": "mas_flower.strategy.method",
     "RoundFailed": "mas_flower.strategy.run",
+    "CoverageError": "mas_flower.strategy.membership",
     "server_strategy": "mas_flower.strategy.aggregators",
     "SERVER_STRATEGIES": "mas_flower.strategy.aggregators",
     "load_checkpoint": "mas_flower.strategy.checkpoint",

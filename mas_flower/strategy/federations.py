@@ -27,6 +27,7 @@ from mas_flower import protocol as P
 from mas_flower.methods.base import FederationSpec, Stage, State
 from mas_flower.models import build_model
 from mas_flower.settings import Settings
+from mas_flower.strategy import membership
 from mas_flower.strategy.aggregators import StrategyFactory, strategy_factory
 from mas_flower.strategy.exchange import exchange
 from mas_flower.strategy.replies import reject_evaluate_reply, reject_train_reply
@@ -98,6 +99,11 @@ class ParallelFederations(Strategy):
         self._sent: dict[str, ArrayRecord] = {}
         self._sent_to: dict[str, list[int]] = {}
         self._eval_nodes: list[int] = []
+        self._sampled: list[int] = []
+        self.failed_nodes: set[int] = set()  # sampled nodes whose training reply was missing or rejected
+        self.unavailable: set[int] = set()  # nodes Flower answered "Node Unavailable" for
+        self.covered: dict[str, list[str]] = {}  # federation -> buildings its last evaluation covered
+        self.uncovered: dict[str, str] = {}  # building -> why its last evaluation was left out
 
     @property
     def federations(self) -> list[FederationSpec]:
@@ -137,6 +143,7 @@ class ParallelFederations(Strategy):
                         grid: Grid) -> Iterable[Message]:
         """Sample K distinct nodes; one train message per node carrying every federation."""
         sampled = self.roster.sample()
+        self._sampled, self.failed_nodes, self.unavailable = sampled, set(), set()
         self.record = {"sampled": [self.roster.nodes[n] for n in sampled]}
         per_fed = split_arrays(arrays)
         contents = {nid: RecordDict({P.CONFIG: ConfigRecord({**dict(config),
@@ -182,6 +189,9 @@ class ParallelFederations(Strategy):
                     accepted[fed.name].append(view)
                 else:
                     failed.append(f"{self.roster.nodes[nid]} ({fed.name}): {reason}")
+                    self.failed_nodes.add(nid)
+                    if membership.unavailable(reply):
+                        self.unavailable.add(nid)
         return accepted, failed
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -205,7 +215,8 @@ class ParallelFederations(Strategy):
             arrays, fed_metrics = self.strategies[fed.name].aggregate_train(server_round, ok)
             for key, array in _like(arrays, self._sent[fed.name]).items():
                 joined[f"{fed.name}{SEP}{key}"] = array
-            entry: dict[str, Any] = {"train_loss": _losses(fed_metrics, fed.tasks)}
+            entry: dict[str, Any] = {"train_loss": _losses(fed_metrics, fed.tasks),
+                                     "train_buildings": [self.roster.nodes[m.metadata.src_node_id] for m in ok]}
             matrix = _affinity(ok, len(fed.tasks))
             if matrix is not None:
                 entry["affinity"] = matrix.tolist()
@@ -260,7 +271,7 @@ class ParallelFederations(Strategy):
         weighted by examples); raises RoundFailed when no node evaluated some federation."""
         by_node = {m.metadata.src_node_id: m for m in replies}
         metrics = MetricRecord()
-        self.val_losses = {}
+        self.val_losses, self.covered, self.uncovered, self.unavailable = {}, {}, {}, set()
         for fed in self.federations:
             good = []
             for nid in self._sent_to[fed.name]:
@@ -277,6 +288,10 @@ class ParallelFederations(Strategy):
                 else:
                     log(WARNING, "%s of %s on %s rejected: %s", self._eval_split, fed.name,
                         self.roster.nodes[nid], reason)
+                    self.uncovered.setdefault(self.roster.nodes[nid], reason)
+                    if membership.unavailable(reply):
+                        self.unavailable.add(nid)
+            self.covered[fed.name] = [self.roster.nodes[m.metadata.src_node_id] for m in good]
             if not good:
                 raise RoundFailed(f"no node evaluated federation {fed.name!r} on {self._eval_split}")
             self.val_losses[fed.name] = _losses(self.strategies[fed.name].aggregate_evaluate(server_round, good),
@@ -288,10 +303,15 @@ class ParallelFederations(Strategy):
     # Driving -------------------------------------------------------------------------------------
 
     def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord, split: str) -> dict[str, dict[str, float]]:
-        """Every federation's per-task losses on `split` of every node."""
+        """Every federation's per-task losses on `split` of every node (Flower's current view of them);
+        `covered` names the buildings each federation's losses come from."""
+        membership.refresh(self.roster, grid, server_round, count=False)
         messages = self.configure_evaluate(server_round, arrays, ConfigRecord({"split": split}), grid)
-        self.aggregate_evaluate(server_round, exchange(grid, [(m.metadata.dst_node_id, m) for m in messages],
-                                                       timeout=self.timeout()).values())
+        replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
+        try:
+            self.aggregate_evaluate(server_round, replies.values())
+        finally:
+            membership.forget(self.roster, self.unavailable)
         return self.val_losses
 
     def timeout(self) -> float | None:
@@ -302,9 +322,12 @@ class ParallelFederations(Strategy):
         """One round for every federation, resampled and retried while too few replies are valid."""
         s = self.settings
         for attempt in range(s.round_retries + 1):
+            membership.refresh(self.roster, grid, server_round)
             messages = self.configure_train(server_round, arrays, config or ConfigRecord(), grid)
             replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
             new, metrics = self.aggregate_train(server_round, replies.values())
+            membership.record_exchange(self.roster, self._sampled, self.failed_nodes, self.unavailable,
+                                       server_round)
             if new is not None:
                 return new, metrics
             log(WARNING, "round %d attempt %d/%d: too few valid replies %s (min-replies=%d)", server_round,
@@ -343,6 +366,7 @@ class ParallelFederations(Strategy):
                     {f"{n}{SEP}{P.loss_key(t)}": v for n, losses in self.val_losses.items() for t, v in losses.items()})
                 for name, entry in self.record["federations"].items():
                     entry["val_loss"] = self.val_losses[name]
+                    entry["val_buildings"] = self.covered[name]
             if evaluate_fn is not None and (res := evaluate_fn(server_round, arrays)) is not None:
                 result.evaluate_metrics_serverapp[server_round] = res
             self.record.pop("short", None)

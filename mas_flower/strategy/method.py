@@ -26,6 +26,7 @@ from mas_flower.methods import Method, StageOutcome
 from mas_flower.strategy.aggregators import StrategyFactory
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from mas_flower.strategy.federations import ParallelFederations, initial_states, join_arrays, split_arrays
+from mas_flower.strategy.membership import check_test_coverage
 from mas_flower.strategy.run import Ledger, NodeRoster, Progress, RoundFailed
 
 
@@ -60,6 +61,8 @@ class MethodStrategy(Strategy):
         self.current: ParallelFederations | None = None
         self.outcome: StageOutcome | None = None
         self.test_loss: dict[str, float] = {}
+        self.coverage: dict[str, Any] = {}  # which buildings the test covered (`membership.check_test_coverage`)
+        self.meter: EnergyMeter | None = None
         self.session_started = time.monotonic()
         self.wall_before = self.ledger.wall_seconds
         self.rounds_this_session = 0
@@ -124,8 +127,10 @@ class MethodStrategy(Strategy):
         s = self.settings
         meter = EnergyMeter(self.run_dir / "carbontracker" if self.run_dir else None,
                             country=s.energy_country or None, intensity_g_per_kwh=s.energy_intensity or None)
+        self.ledger.sessions += 1
         if len(self.remote) < len(self.nodes):
             meter.start()
+            self.meter = meter
         try:
             result = self._run_stages(grid)
         except RoundFailed as err:
@@ -134,8 +139,7 @@ class MethodStrategy(Strategy):
                 if saved else "; the run stops here, before any checkpoint was written (nothing to resume)"
             raise RoundFailed(f"{err}{where}") from None
         finally:
-            if meter.running:
-                self.ledger.local_energy.append(meter.stop().as_dict())
+            self._bank_energy(restart=False)
         return result
 
     def _driver(self, progress: Progress) -> ParallelFederations:
@@ -170,6 +174,7 @@ class MethodStrategy(Strategy):
         self.outcome = outcome
         serving = self.method.serving(outcome)
         test = self.current.evaluate(grid, self.settings.num_rounds, result.arrays, "test")
+        self.coverage = check_test_coverage(self.roster, self.current.covered, self.current.uncovered)
         self.test_loss = {letter: test[name][letter] for letter, name in serving.items()}
         self._count_wall_time()
         return result
@@ -190,8 +195,20 @@ class MethodStrategy(Strategy):
         self.progress.states = {n: r.to_torch_state_dict() for n, r in split_arrays(driver.arrays).items()}
         self.progress.next_round += 1
         self.rounds_this_session += 1
+        self._bank_energy(restart=True)
         self.checkpoint()
         self._log_round(driver, self.ledger.history[-1])
+
+    def _bank_energy(self, *, restart: bool) -> None:
+        """Close this machine's meter into `ledger.local_energy` (one part per round, so that every
+        checkpoint holds the energy metered so far and a resumed run keeps it), then meter on."""
+        if self.meter is None or not self.meter.running:
+            return
+        part = self.meter.stop().as_dict()
+        part.update(session=self.ledger.sessions, rounds_done=len(self.ledger.history))
+        self.ledger.local_energy.append(part)
+        if restart:
+            self.meter.start()
 
     def _count_wall_time(self) -> None:
         """Wall time of the run so far: earlier sessions (before a resume) plus this one."""

@@ -33,7 +33,23 @@ def energy_summary(ledger: Ledger, remote_nodes: int) -> dict[str, Any]:
         "carbon_intensity_g_per_kwh": intensity,
         "pue": local[0]["pue"] if local else None,
         "energy_parts": local,
+        "energy_covers": energy_coverage(ledger, remote_nodes),
     }
+
+
+def energy_coverage(ledger: Ledger, remote_nodes: int) -> str:
+    """What `energy_kwh` covers, in words (for results.json)."""
+    if not ledger.local_energy and not remote_nodes:
+        return "nothing: no meter ran"
+    sessions = max(ledger.sessions, 1)
+    text = (f"this machine from the start of training to the test, metered per round in {len(ledger.local_energy)} "
+            f"part(s) over {sessions} session(s)") if ledger.local_energy else "nothing on this machine"
+    if sessions > 1:
+        text += ("; the run was resumed: the energy of every round finished before an interruption is kept, that "
+                 "of a round interrupted before its checkpoint is lost and the round's repeat is counted")
+    if remote_nodes:
+        text += "; plus what remote nodes metered of their own training (the replies that reached the server)"
+    return text
 
 
 def server_strategy_record(strategy: MethodStrategy) -> dict[str, Any]:
@@ -79,6 +95,7 @@ def write_outputs(strategy: MethodStrategy, run_dir: Path) -> Path:
         **server_strategy_record(strategy),
         "details": method.details,
         "nodes": sorted(runner.nodes.values()),
+        **strategy.coverage,
         "history": ledger.history,
         "config": settings.to_run_config(),
     }

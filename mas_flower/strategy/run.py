@@ -11,15 +11,13 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from mas_flower import protocol as P
-from mas_flower.energy import host_id
 from mas_flower.methods.base import Stage, State
 from mas_flower.settings import Settings
-from mas_flower.strategy.exchange import exchange
+from mas_flower.strategy import membership
 from mas_flower.strategy.nodes import wait_for_nodes
 
 
@@ -47,6 +45,8 @@ class Ledger:
     local_energy: list[dict[str, Any]] = field(default_factory=list)
     #: Precisions the clients trained in ("bf16", "fp32"), as they reported them.
     precisions: set[str] = field(default_factory=set)
+    #: Sessions of the run: 1, plus one per resume (the server's meter restarts with each).
+    sessions: int = 0
 
 
 @dataclass
@@ -71,6 +71,14 @@ class NodeRoster:
             self.rng.bit_generator.state = rng_state
         self.nodes: dict[int, str] = {}
         self.remote: set[int] = set()  # nodes on other machines: they meter their own training
+        # Membership (`membership.py`): buildings holding test data, failures in a row per building,
+        # lost buildings (building -> when), new ids claiming a served building (id -> their info),
+        # ids never to use again (unavailable, replaced, lost).
+        self.test_buildings: set[str] = set()
+        self.failures: dict[str, int] = {}
+        self.lost: dict[str, dict[str, int]] = {}
+        self.standby: dict[int, dict[str, Any]] = {}
+        self.gone: set[int] = set()
 
     def data_config(self) -> dict[str, Any]:
         s = self.settings
@@ -80,25 +88,22 @@ class NodeRoster:
         """Ask every node which building it holds; map node ids (random per run) to buildings.
 
         Raises ValueError when fewer than `clients-per-round` nodes connect or answer within
-        `node-timeout`, RuntimeError when a node cannot load its data.
+        `node-timeout` or when two nodes claim one building (naming both ids), RuntimeError when a
+        node cannot load its data.
         """
         s = self.settings
         need = s.clients_per_round
         ids = wait_for_nodes(grid, need, s.node_timeout)
-        query = RecordDict({P.CONFIG: ConfigRecord(self.data_config())})
-        tagged = [(nid, Message(content=query, dst_node_id=nid, message_type=f"{MessageType.QUERY}.{P.INFO_QUERY}"))
-                  for nid in ids]
         # The first message also waits for the engine or the nodes to start up: the longer timeout.
-        replies = exchange(grid, tagged, timeout=max(s.node_timeout, s.reply_timeout))
-        failures = [f"node {nid}: {r.error.reason}" for nid, r in replies.items() if r.has_error()]
-        if failures:
-            raise RuntimeError("nodes could not load their data: " + "; ".join(failures))
-        here = host_id()
-        for nid, reply in replies.items():
-            info = reply.content[P.CONFIG]
-            self.nodes[nid] = str(info[P.BUILDING])
-            if str(info.get(P.HOST, here)) != here:
-                self.remote.add(nid)
+        infos, errors = membership.query_info(self, grid, ids, max(s.node_timeout, s.reply_timeout))
+        if errors:
+            raise RuntimeError("nodes could not load their data: "
+                               + "; ".join(f"node {nid}: {why}" for nid, why in sorted(errors.items())))
+        duplicates = membership.duplicate_claims({nid: info["building"] for nid, info in infos.items()})
+        if duplicates:
+            raise ValueError("two nodes claim the same building (each building's data must be on one node): "
+                             + "; ".join(duplicates))
+        membership.admit(self, infos)
         if len(self.nodes) < need:
             raise ValueError(f"clients-per-round={need} but only {len(self.nodes)} nodes answered")
         log(INFO, "federation: %d nodes: %s (%d on other machines)", len(self.nodes),
@@ -112,6 +117,11 @@ class NodeRoster:
     def sample(self) -> list[int]:
         """K = clients-per-round distinct nodes, drawn without replacement from the seeded generator."""
         ordered = self.ordered()
+        if len(ordered) < self.settings.clients_per_round:
+            lost = "; ".join(f"{b} (lost in round {v['round']})" for b, v in sorted(self.lost.items()))
+            left = ", ".join(sorted(self.nodes.values()))
+            raise RoundFailed(f"clients-per-round={self.settings.clients_per_round} but only {len(ordered)} nodes "
+                              f"are left ({left})" + (f"; lost: {lost}" if lost else ""))
         picks = self.rng.choice(len(ordered), size=self.settings.clients_per_round, replace=False)
         return [ordered[i] for i in sorted(picks)]
 
