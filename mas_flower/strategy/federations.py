@@ -27,6 +27,7 @@ from mas_flower import protocol as P
 from mas_flower.methods.base import FederationSpec, Stage, State
 from mas_flower.models import build_model
 from mas_flower.settings import Settings
+from mas_flower.strategy.accounting import book_eval, book_train, count_exchange, take_metric_sums
 from mas_flower.strategy.aggregators import StrategyFactory, strategy_factory
 from mas_flower.strategy.exchange import exchange
 from mas_flower.strategy.replies import reject_evaluate_reply, reject_train_reply
@@ -94,6 +95,8 @@ class ParallelFederations(Strategy):
         self.on_round = on_round
         self.affinity_rounds: dict[str, list[np.ndarray]] = {}
         self.val_losses: dict[str, dict[str, float]] = {}
+        #: Federation -> task-metric sums of the last evaluation that asked for them (`task-metrics`).
+        self.task_metrics: dict[str, Any] = {}
         self.record: dict[str, Any] = {}  # the history entry of the round in progress
         self._sent: dict[str, ArrayRecord] = {}
         self._sent_to: dict[str, list[int]] = {}
@@ -217,6 +220,8 @@ class ParallelFederations(Strategy):
 
     def _book(self, replies: list[Message], accepted: dict[str, list[Message]]) -> None:
         """Client training time of accepted work; energy of every node that answered."""
+        for fed in self.federations:
+            book_train(self.ledger.accounts, self.settings, fed, accepted[fed.name])
         for views in accepted.values():
             self.ledger.client_train_seconds += sum(float(m.content[P.METRICS][P.TRAIN_SECONDS]) for m in views)
             self.ledger.precisions.update("bf16" if int(m.content[P.METRICS].get(P.BF16, 0)) else "fp32"
@@ -260,7 +265,7 @@ class ParallelFederations(Strategy):
         weighted by examples); raises RoundFailed when no node evaluated some federation."""
         by_node = {m.metadata.src_node_id: m for m in replies}
         metrics = MetricRecord()
-        self.val_losses = {}
+        self.val_losses, self.task_metrics = {}, {}
         for fed in self.federations:
             good = []
             for nid in self._sent_to[fed.name]:
@@ -279,6 +284,10 @@ class ParallelFederations(Strategy):
                         self.roster.nodes[nid], reason)
             if not good:
                 raise RoundFailed(f"no node evaluated federation {fed.name!r} on {self._eval_split}")
+            book_eval(self.ledger.accounts, self.settings, fed, good)
+            good, sums = take_metric_sums(good)
+            if sums is not None:
+                self.task_metrics[fed.name] = sums
             self.val_losses[fed.name] = _losses(self.strategies[fed.name].aggregate_evaluate(server_round, good),
                                                 fed.tasks)
             for key, value in self.val_losses[fed.name].items():
@@ -289,9 +298,11 @@ class ParallelFederations(Strategy):
 
     def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord, split: str) -> dict[str, dict[str, float]]:
         """Every federation's per-task losses on `split` of every node."""
-        messages = self.configure_evaluate(server_round, arrays, ConfigRecord({"split": split}), grid)
-        self.aggregate_evaluate(server_round, exchange(grid, [(m.metadata.dst_node_id, m) for m in messages],
-                                                       timeout=self.timeout()).values())
+        messages = self.configure_evaluate(server_round, arrays,
+                                           ConfigRecord({"split": split, P.TASK_METRICS: split == "test"}), grid)
+        replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
+        count_exchange(self.ledger.accounts, messages, replies.values())
+        self.aggregate_evaluate(server_round, replies.values())
         return self.val_losses
 
     def timeout(self) -> float | None:
@@ -304,6 +315,7 @@ class ParallelFederations(Strategy):
         for attempt in range(s.round_retries + 1):
             messages = self.configure_train(server_round, arrays, config or ConfigRecord(), grid)
             replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
+            count_exchange(self.ledger.accounts, messages, replies.values())
             new, metrics = self.aggregate_train(server_round, replies.values())
             if new is not None:
                 return new, metrics
@@ -334,7 +346,7 @@ class ParallelFederations(Strategy):
         rounds = self.stage.rounds if num_rounds is None else num_rounds
         for index in range(first_round, rounds):
             server_round = self.stage.schedule_start + index + 1
-            t0 = time.monotonic()
+            t0, spent = time.monotonic(), self.ledger.accounts.snapshot()
             arrays, train_metrics = self.train_round(grid, server_round, arrays, train_config)
             result.arrays, result.train_metrics_clientapp[server_round] = arrays, train_metrics
             if self.evaluates_in(index):
@@ -347,7 +359,7 @@ class ParallelFederations(Strategy):
                 result.evaluate_metrics_serverapp[server_round] = res
             self.record.pop("short", None)
             self.record.update(round=server_round, phase=self.stage.phase, lr=self.lr(server_round),
-                               seconds=time.monotonic() - t0)
+                               seconds=time.monotonic() - t0, **self.ledger.accounts.since(spent))
             self.ledger.history.append(self.record)
             self.arrays = arrays
             if self.on_round is not None:

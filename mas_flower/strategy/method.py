@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from mas_flower.energy import EnergyMeter
 from mas_flower.methods import Method, StageOutcome
+from mas_flower.strategy.accounting import append_live
 from mas_flower.strategy.aggregators import StrategyFactory
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from mas_flower.strategy.federations import ParallelFederations, initial_states, join_arrays, split_arrays
@@ -41,7 +42,8 @@ class MethodStrategy(Strategy):
     checkpoint : a loaded checkpoint (`load_checkpoint`) to resume from.
 
     After `start`: `outcome` (the final stage), `test_loss` (task -> loss on every node's test split,
-    each task served by `method.serving`), `ledger` (history, time, energy), `outcomes` (every stage).
+    each task served by `method.serving`), `test_metrics` (task -> metric -> value, likewise),
+    `ledger` (history, time, energy), `outcomes` (every stage).
     """
 
     def __init__(self, method: Method, aggregator: str | StrategyFactory | None = None, *,
@@ -60,6 +62,7 @@ class MethodStrategy(Strategy):
         self.current: ParallelFederations | None = None
         self.outcome: StageOutcome | None = None
         self.test_loss: dict[str, float] = {}
+        self.test_metrics: dict[str, dict[str, float]] = {}
         self.session_started = time.monotonic()
         self.wall_before = self.ledger.wall_seconds
         self.rounds_this_session = 0
@@ -171,6 +174,8 @@ class MethodStrategy(Strategy):
         serving = self.method.serving(outcome)
         test = self.current.evaluate(grid, self.settings.num_rounds, result.arrays, "test")
         self.test_loss = {letter: test[name][letter] for letter, name in serving.items()}
+        sums = self.current.task_metrics
+        self.test_metrics = {letter: sums[name].compute()[letter] for letter, name in serving.items() if name in sums}
         self._count_wall_time()
         return result
 
@@ -191,6 +196,8 @@ class MethodStrategy(Strategy):
         self.progress.next_round += 1
         self.rounds_this_session += 1
         self.checkpoint()
+        if self.run_dir is not None:
+            append_live(self.run_dir, self.ledger.history[-1], self.ledger.accounts)
         self._log_round(driver, self.ledger.history[-1])
 
     def _count_wall_time(self) -> None:

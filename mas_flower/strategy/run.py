@@ -19,6 +19,7 @@ from mas_flower import protocol as P
 from mas_flower.energy import host_id
 from mas_flower.methods.base import Stage, State
 from mas_flower.settings import Settings
+from mas_flower.strategy.accounting import Accounts
 from mas_flower.strategy.exchange import exchange
 from mas_flower.strategy.nodes import wait_for_nodes
 
@@ -47,6 +48,8 @@ class Ledger:
     local_energy: list[dict[str, Any]] = field(default_factory=list)
     #: Precisions the clients trained in ("bf16", "fp32"), as they reported them.
     precisions: set[str] = field(default_factory=set)
+    #: FLOPs, bytes and client set-up seconds so far (`mas_flower.strategy.accounting`).
+    accounts: Accounts = field(default_factory=Accounts)
 
 
 @dataclass

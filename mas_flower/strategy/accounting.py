@@ -1,0 +1,136 @@
+"""What a run costs and scores beyond its losses: FLOPs, bytes, client set-up time, task metrics.
+
+- **FLOPs** (machine-independent compute, `mas_flower.flops`): each accepted train reply is charged
+  its network's per-sample training FLOPs × the samples it processed (`local-epochs` × its
+  examples), plus the lookahead's extra FLOPs over the `affinity-samples` in `affinity-count`
+  batches it reports (`NetworkFlops.training`, in the run's `affinity-mode`). The lookahead part is
+  also booked apart (`affinity_flops`, within `train_flops`). Each evaluate reply is charged
+  forward FLOPs × the samples it evaluated. The per-sample figures are measured once per network
+  shape (model, tasks, image size, weighting) on the meta device. A client that trained in bf16 or
+  with TF32 runs the lookahead in its own float32 passes; it is charged as in the shared-graph path.
+- **Bytes**: Flower's own `count_bytes()` of every ArrayRecord, ConfigRecord and MetricRecord in
+  the train and evaluate messages sent to clients (down) and in their replies (up), summed over
+  records: array bytes as serialised plus key lengths; 8 bytes per config/metric number, one per
+  bool, the length of a string. Message metadata, the protobuf framing, the node-discovery query
+  and failed replies are not counted; retried rounds are (their bytes were sent).
+- **Task metrics**: clients send `TaskMetrics` sums (`mas_flower.metrics`); the server adds them
+  up with `sum_records` (never Flower's weighted mean of each key, which is wrong for sums).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message, MetricRecord, RecordDict
+
+from mas_flower import protocol as P
+from mas_flower.flops import network_flops, to_tflops
+from mas_flower.methods.base import FederationSpec
+from mas_flower.metrics import RECORD_PREFIX, TaskMetrics, sum_records
+from mas_flower.settings import Settings
+
+MB = 1e6
+LIVE_FILE = "metrics.jsonl"
+
+
+@dataclass
+class Accounts:
+    """A run's running totals (kept in the `Ledger`, so checkpoints keep them)."""
+
+    train_flops: float = 0.0
+    #: The lookahead's share of `train_flops`.
+    affinity_flops: float = 0.0
+    eval_flops: float = 0.0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    #: One-time costs of the clients' local trainings (network to device, optimiser), not in their seconds.
+    client_setup_seconds: float = 0.0
+
+    def totals(self) -> dict[str, float]:
+        """results.json's keys: TFLOPs (10¹²) and MB (10⁶ bytes)."""
+        return {"train_tflops": to_tflops(self.train_flops), "affinity_tflops": to_tflops(self.affinity_flops),
+                "eval_tflops": to_tflops(self.eval_flops), "comm_mb_down": self.bytes_down / MB,
+                "comm_mb_up": self.bytes_up / MB, "comm_mb": (self.bytes_down + self.bytes_up) / MB}
+
+    def since(self, before: Accounts) -> dict[str, float]:
+        """The same keys for what was spent after the snapshot `before` (one round)."""
+        delta = Accounts(**{k: v - getattr(before, k) for k, v in asdict(self).items()})
+        return delta.totals()
+
+    def snapshot(self) -> Accounts:
+        return Accounts(**asdict(self))
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of a message's records by Flower's `count_bytes()` (see the module docstring)."""
+    return sum(r.count_bytes() for records in (content.array_records, content.config_records,
+                                                 content.metric_records) for r in records.values())
+
+
+def count_exchange(accounts: Accounts, sent: Iterable[Message], replies: Iterable[Message]) -> None:
+    """Book the bytes of the messages sent and of the replies received (errors carry no records)."""
+    accounts.bytes_down += sum(content_bytes(m.content) for m in sent)
+    accounts.bytes_up += sum(content_bytes(r.content) for r in replies if not r.has_error())
+
+
+def book_train(accounts: Accounts, settings: Settings, fed: FederationSpec, views: Iterable[Message]) -> None:
+    """FLOPs and set-up seconds of a federation's accepted train replies (their METRICS records)."""
+    flops = network_flops(settings.model, fed.tasks, settings.image_size, fed.weighting)
+    for view in views:
+        m = view.content[P.METRICS]
+        lookahead = flops.lookahead(int(m.get(P.AFFINITY_SAMPLES, 0)), int(m.get(P.AFFINITY_COUNT, 0)),
+                                    settings.affinity_mode)
+        accounts.train_flops += flops.train * settings.local_epochs * int(m[P.NUM_EXAMPLES]) + lookahead
+        accounts.affinity_flops += lookahead
+        accounts.client_setup_seconds += float(m.get(P.SETUP_SECONDS, 0.0))
+
+
+def book_eval(accounts: Accounts, settings: Settings, fed: FederationSpec, views: Iterable[Message]) -> None:
+    """Forward FLOPs of a federation's accepted evaluate replies."""
+    flops = network_flops(settings.model, fed.tasks, settings.image_size, fed.weighting)
+    accounts.eval_flops += sum(flops.evaluation(int(v.content[P.METRICS][P.NUM_EXAMPLES])) for v in views)
+
+
+def take_metric_sums(views: list[Message]) -> tuple[list[Message], TaskMetrics | None]:
+    """The views without their task-metric sums (for the Flower strategy's aggregation), and the
+    sums added up over the views (None when no view carried any)."""
+    records, stripped = [], []
+    for view in views:
+        metrics = view.content[P.METRICS]
+        sums = {k: v for k, v in metrics.items() if k.startswith(f"{RECORD_PREFIX}.")}
+        if sums:
+            records.append(sums)
+            content = RecordDict({P.METRICS: MetricRecord({k: v for k, v in metrics.items() if k not in sums})})
+            view = Message(content=content, metadata=copy.copy(view.metadata))
+        stripped.append(view)
+    return stripped, (sum_records(records) if records else None)
+
+
+def append_live(run_dir: Path, record: dict[str, Any], accounts: Accounts) -> None:
+    """One JSON line per finished round in `<run_dir>/metrics.jsonl` (`tail -f` follows it): the
+    round's history entry (phase, round, lr, sampled buildings, per-network train and validation
+    losses and affinity, seconds) and the run's TFLOPs and MB so far (`*_so_far`)."""
+    line = {**record, **{f"{k}_so_far": v for k, v in accounts.totals().items()}}
+    with open(run_dir / LIVE_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def read_live(run_dir: Path) -> list[dict[str, Any]]:
+    """The rounds in `<run_dir>/metrics.jsonl`, in order. A torn line (a run killed mid-write) is
+    skipped; a round written twice (killed before its checkpoint, then resumed) keeps its last line."""
+    path = Path(run_dir) / LIVE_FILE
+    if not path.is_file():
+        return []
+    rounds: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rounds[int(entry.get("round", len(rounds) + 1))] = entry
+    return [rounds[r] for r in sorted(rounds)]
