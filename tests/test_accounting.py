@@ -7,7 +7,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
 from mas_flower import protocol as P
-from mas_flower.strategy.accounting import Accounts, append_live, content_bytes, read_live, take_metric_sums
+from mas_flower.live import append_live, read_live
+from mas_flower.strategy.accounting import Accounts, content_bytes, take_metric_sums
 
 
 def _reply(metrics: dict) -> Message:
@@ -52,7 +53,7 @@ def test_metric_sums_are_added_not_averaged_and_stripped_for_flower() -> None:
 
 
 def test_the_live_file_skips_a_torn_last_line(tmp_path) -> None:
-    append_live(tmp_path, {"round": 1, "phase": "merge"}, Accounts(train_flops=1e12))
+    append_live(tmp_path, {"round": 1, "phase": "merge"}, Accounts(train_flops=1e12).totals())
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"round": 2, "pha')
     assert read_live(tmp_path) == [{"round": 1, "phase": "merge", "train_tflops_so_far": 1.0,

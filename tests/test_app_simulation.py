@@ -83,8 +83,8 @@ def test_each_split_starts_from_the_merged_encoder_and_its_decoders(mas_run: Pat
 def test_task_metrics_flops_bytes_and_the_live_file(mas_run: Path, tiny_federation: Path) -> None:
     from mas_flower.data import open_building
     from mas_flower.flops import network_flops
+    from mas_flower.live import read_live
     from mas_flower.metrics import metric_names
-    from mas_flower.strategy.accounting import read_live
 
     results = json.loads((mas_run / "results.json").read_text())
     # Task metrics: each task by its serving network, summed over every node's test split.
@@ -109,3 +109,18 @@ def test_task_metrics_flops_bytes_and_the_live_file(mas_run: Path, tiny_federati
     assert [(x["round"], x["phase"]) for x in live] == [(h["round"], h["phase"]) for h in rounds]
     assert live[-1]["federations"] == rounds[-1]["federations"]
     assert live[-1]["train_tflops_so_far"] == pytest.approx(results["train_tflops"])
+
+
+def test_report_draws_an_unfinished_run_from_its_live_file(mas_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from mas_flower.report import make_report
+
+    run = tmp_path / "running"
+    shutil.copytree(mas_run, run)
+    (run / "results.json").unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # three rounds done so far
+    written = make_report([run], tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["affinity-rounds-sdnkt-mas-2.png", "validation-loss.png"]
+    assert all(p.stat().st_size > 5000 for p in written)

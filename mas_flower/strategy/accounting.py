@@ -20,11 +20,8 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 from flwr.app import Message, MetricRecord, RecordDict
 
@@ -35,7 +32,6 @@ from mas_flower.metrics import RECORD_PREFIX, TaskMetrics, sum_records
 from mas_flower.settings import Settings
 
 MB = 1e6
-LIVE_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -109,28 +105,3 @@ def take_metric_sums(views: list[Message]) -> tuple[list[Message], TaskMetrics |
             view = Message(content=content, metadata=copy.copy(view.metadata))
         stripped.append(view)
     return stripped, (sum_records(records) if records else None)
-
-
-def append_live(run_dir: Path, record: dict[str, Any], accounts: Accounts) -> None:
-    """One JSON line per finished round in `<run_dir>/metrics.jsonl` (`tail -f` follows it): the
-    round's history entry (phase, round, lr, sampled buildings, per-network train and validation
-    losses and affinity, seconds) and the run's TFLOPs and MB so far (`*_so_far`)."""
-    line = {**record, **{f"{k}_so_far": v for k, v in accounts.totals().items()}}
-    with open(run_dir / LIVE_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
-
-
-def read_live(run_dir: Path) -> list[dict[str, Any]]:
-    """The rounds in `<run_dir>/metrics.jsonl`, in order. A torn line (a run killed mid-write) is
-    skipped; a round written twice (killed before its checkpoint, then resumed) keeps its last line."""
-    path = Path(run_dir) / LIVE_FILE
-    if not path.is_file():
-        return []
-    rounds: dict[int, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        rounds[int(entry.get("round", len(rounds) + 1))] = entry
-    return [rounds[r] for r in sorted(rounds)]

@@ -22,8 +22,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from mas_flower.energy import EnergyMeter
+from mas_flower.live import append_live
 from mas_flower.methods import Method, StageOutcome
-from mas_flower.strategy.accounting import append_live
 from mas_flower.strategy.aggregators import StrategyFactory
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from mas_flower.strategy.federations import ParallelFederations, initial_states, join_arrays, split_arrays
@@ -197,7 +197,7 @@ class MethodStrategy(Strategy):
         self.rounds_this_session += 1
         self.checkpoint()
         if self.run_dir is not None:
-            append_live(self.run_dir, self.ledger.history[-1], self.ledger.accounts)
+            append_live(self.run_dir, self.ledger.history[-1], self.ledger.accounts.totals())
         self._log_round(driver, self.ledger.history[-1])
 
     def _count_wall_time(self) -> None:
