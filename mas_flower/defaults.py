@@ -55,6 +55,8 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "tau": 0.001,
     "trim-beta": 0.2,
     "eval-every": 1,
+    "split-schedule": "continue",
+    "hoa-single-cost": 1.0,
 }
 
 

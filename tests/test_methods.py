@@ -85,3 +85,21 @@ def test_baseline_runs_end_to_end(method: str, private_homes, tiny_federation: P
         assert len(phases) == 2 and results["splits"] is None
     if method == "one-by-one":
         assert set(results["history"][0]["federations"]) == {"s", "d", "k"}
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    ("continue", [0.1 * (1 - 2 / 4) ** 0.9, 0.1 * (1 - 3 / 4) ** 0.9]),  # one schedule over R = 4
+    ("restart", [0.1, 0.1 * (1 - 1 / 2) ** 0.9]),  # restarted at lr over R − R0 = 2 rounds
+])
+def test_mas_split_schedule(schedule: str, expected: list[float]) -> None:
+    from mas_flower.strategy.federations import ParallelFederations
+
+    method = build_method(settings(task_set="sdk", num_rounds=4, merge_rounds=2, affinity_rounds=1,
+                                   split_schedule=schedule))
+    merge = method.first_stage()
+    merged = {"encoder.w": np.zeros(1), **{f"decoders.{t}.w": np.zeros(1) for t in "sdk"}}
+    affinity = np.array([[0, 1, -1], [1, 0, -1], [-1, -1, 0]], dtype=float)
+    split = method.next_stage(StageOutcome(merge, {"all": merged}, affinity={"all": affinity}))
+    driver = ParallelFederations(split, method.settings)
+    assert [driver.lr(r) for r in (3, 4)] == pytest.approx(expected)
+    assert ParallelFederations(merge, method.settings).lr(1) == pytest.approx(0.1)

@@ -51,6 +51,8 @@ class Stage:
     schedule_total: int = 0
     #: The first rounds of this stage in which federations with `measure_affinity` measure it.
     affinity_rounds: int = 0
+    #: Restart the schedule at `lr` over this stage's own rounds (MAS's `split-schedule = restart`).
+    restart_schedule: bool = False
 
 
 @dataclass

@@ -111,6 +111,9 @@ class ParallelFederations(Strategy):
         return join_arrays(initial_states(self.settings, self.federations))
 
     def lr(self, server_round: int) -> float:
+        if getattr(self.stage, "restart_schedule", False):  # counted from this stage's first round
+            start = self.stage.schedule_start
+            return self.settings.lr_at(server_round - 1 - start, self.stage.schedule_total - start)
         return self.settings.lr_at(server_round - 1, self.stage.schedule_total)
 
     def summary(self) -> None:
