@@ -85,6 +85,15 @@ def test_baseline_runs_end_to_end(method: str, private_homes, tiny_federation: P
         assert len(phases) == 2 and results["splits"] is None
     if method == "one-by-one":
         assert set(results["history"][0]["federations"]) == {"s", "d", "k"}
+        from mas_flower.data import open_building
+        from mas_flower.flops import network_flops
+
+        # It costs the single-task networks' sum × the samples trained (1 epoch of each sampled building).
+        samples = sum(open_building(tiny_federation, b, "sdk", 32).sizes()["train"]
+                      for h in results["history"] for b in h["sampled"])
+        per_sample = sum(network_flops("tiny", t, 32).train for t in "sdk")
+        assert results["affinity_tflops"] == 0
+        assert results["train_tflops"] * 1e12 == pytest.approx(per_sample * samples, rel=1e-9)
 
 
 @pytest.mark.parametrize(("schedule", "expected"), [
