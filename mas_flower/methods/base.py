@@ -128,6 +128,11 @@ class Method(ABC):
             serving[letter] = min(holders, key=lambda n: outcome.val_losses.get(n, {}).get(letter, np.inf))
         return serving
 
+    def tested(self, test_losses: dict[str, dict[str, float]]) -> None:
+        """Called after the test with every final federation's test losses (federation -> task ->
+        loss), for methods that report on all of them (the oracle); nothing by default."""
+        return None
+
     # Helpers shared by the methods -------------------------------------------------------------
 
     def stage(self, phase: str, federations: list[FederationSpec], rounds: int | None = None,

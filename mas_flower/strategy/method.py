@@ -174,6 +174,7 @@ class MethodStrategy(Strategy):
         serving = self.method.serving(outcome)
         test = self.current.evaluate(grid, self.settings.num_rounds, result.arrays, "test")
         self.test_loss = {letter: test[name][letter] for letter, name in serving.items()}
+        self.method.tested(test)
         sums = self.current.task_metrics
         self.test_metrics = {letter: sums[name].compute()[letter] for letter, name in serving.items() if name in sums}
         self._count_wall_time()
