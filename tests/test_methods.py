@@ -137,3 +137,4 @@ def test_oracle_ranks_mas_choice_among_every_partition(private_homes, tiny_feder
     # MAS's partition serves the tasks, so the run's total is its total; its rank counts the better ones.
     assert details["oracle_mas_total_test_loss"] == pytest.approx(results["total_test_loss"])
     assert details["oracle_mas_rank"] == 1 + sum(t < results["total_test_loss"] - 1e-12 for t in ranked)
+    assert results["oracle_mas_rank"] == details["oracle_mas_rank"]  # for the bench summary

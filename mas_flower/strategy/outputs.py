@@ -81,6 +81,7 @@ def write_outputs(strategy: MethodStrategy, run_dir: Path) -> Path:
         "served_by": method.serving(outcome),
         **server_strategy_record(strategy),
         "details": method.details,
+        **({"oracle_mas_rank": method.details["oracle_mas_rank"]} if "oracle_mas_rank" in method.details else {}),
         "nodes": sorted(runner.nodes.values()),
         "history": ledger.history,
         "config": settings.to_run_config(),
