@@ -90,6 +90,7 @@ def test_task_metrics_flops_bytes_and_the_live_file(mas_run: Path, tiny_federati
     # Task metrics: each task by its serving network, summed over every node's test split.
     assert {t: set(m) for t, m in results["test_metrics"].items()} == {t: set(metric_names(t)) for t in "sdnkt"}
     assert 0 <= results["test_metrics"]["s"]["miou"] <= 1 and results["test_metrics"]["d"]["rmse_m"] > 0
+    assert set(results["history"][-1]["federations"][results["splits"][0]]["val_metrics"]) == set(results["splits"][0])
     # Training FLOPs without the lookahead, by hand: per round, network × epochs (1) × each sampled
     # building's training samples; a round's "federations" are the networks it trained ("all": sdnkt).
     train = {b: open_building(tiny_federation, b, "sdnkt", 32).sizes()["train"] for b in results["nodes"]}

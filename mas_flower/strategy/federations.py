@@ -300,9 +300,10 @@ class ParallelFederations(Strategy):
     # Driving -------------------------------------------------------------------------------------
 
     def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord, split: str) -> dict[str, dict[str, float]]:
-        """Every federation's per-task losses on `split` of every node."""
+        """Every federation's per-task losses on `split` of every node (and, in `task_metrics`, the
+        sums of its task metrics: cheap beside the forward passes)."""
         messages = self.configure_evaluate(server_round, arrays,
-                                           ConfigRecord({"split": split, P.TASK_METRICS: split == "test"}), grid)
+                                           ConfigRecord({"split": split, P.TASK_METRICS: True}), grid)
         replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
         count_exchange(self.ledger.accounts, messages, replies.values())
         self.aggregate_evaluate(server_round, replies.values())
@@ -358,6 +359,8 @@ class ParallelFederations(Strategy):
                     {f"{n}{SEP}{P.loss_key(t)}": v for n, losses in self.val_losses.items() for t, v in losses.items()})
                 for name, entry in self.record["federations"].items():
                     entry["val_loss"] = self.val_losses[name]
+                    if name in self.task_metrics:
+                        entry["val_metrics"] = self.task_metrics[name].compute()
             if evaluate_fn is not None and (res := evaluate_fn(server_round, arrays)) is not None:
                 result.evaluate_metrics_serverapp[server_round] = res
             self.record.pop("short", None)
