@@ -6,8 +6,9 @@
   batches it reports (`NetworkFlops.training`, in the run's `affinity-mode`). The lookahead part is
   also booked apart (`affinity_flops`, within `train_flops`). Each evaluate reply is charged
   forward FLOPs × the samples it evaluated. The per-sample figures are measured once per network
-  shape (model, tasks, image size, weighting) on the meta device. A client that trained in bf16 or
-  with TF32 runs the lookahead in its own float32 passes; it is charged as in the shared-graph path.
+  shape (model, tasks, image size, weighting) on the meta device, and cached in `<home>/cache`.
+  A client that trained in bf16 or with TF32 runs the lookahead in its own float32 passes; it is
+  charged as in the shared-graph path.
 - **Bytes**: Flower's own `count_bytes()` of every ArrayRecord, ConfigRecord and MetricRecord in
   the train and evaluate messages sent to clients (down) and in their replies (up), summed over
   records: array bytes as serialised plus key lengths; 8 bytes per config/metric number, one per
@@ -26,10 +27,10 @@ from dataclasses import asdict, dataclass
 from flwr.app import Message, MetricRecord, RecordDict
 
 from mas_flower import protocol as P
-from mas_flower.flops import network_flops, to_tflops
+from mas_flower.flops import NetworkFlops, network_flops, to_tflops
 from mas_flower.methods.base import FederationSpec
 from mas_flower.metrics import RECORD_PREFIX, TaskMetrics, sum_records
-from mas_flower.settings import Settings
+from mas_flower.settings import Settings, home
 
 MB = 1e6
 
@@ -74,9 +75,14 @@ def count_exchange(accounts: Accounts, sent: Iterable[Message], replies: Iterabl
     accounts.bytes_up += sum(content_bytes(r.content) for r in replies if not r.has_error())
 
 
+def _flops(settings: Settings, fed: FederationSpec) -> NetworkFlops:
+    """Per-sample FLOPs of a federation's network, measured once per machine (`<home>/cache`)."""
+    return network_flops(settings.model, fed.tasks, settings.image_size, fed.weighting, cache_dir=home() / "cache")
+
+
 def book_train(accounts: Accounts, settings: Settings, fed: FederationSpec, views: Iterable[Message]) -> None:
     """FLOPs and set-up seconds of a federation's accepted train replies (their METRICS records)."""
-    flops = network_flops(settings.model, fed.tasks, settings.image_size, fed.weighting)
+    flops = _flops(settings, fed)
     for view in views:
         m = view.content[P.METRICS]
         lookahead = flops.lookahead(int(m.get(P.AFFINITY_SAMPLES, 0)), int(m.get(P.AFFINITY_COUNT, 0)),
@@ -88,7 +94,7 @@ def book_train(accounts: Accounts, settings: Settings, fed: FederationSpec, view
 
 def book_eval(accounts: Accounts, settings: Settings, fed: FederationSpec, views: Iterable[Message]) -> None:
     """Forward FLOPs of a federation's accepted evaluate replies."""
-    flops = network_flops(settings.model, fed.tasks, settings.image_size, fed.weighting)
+    flops = _flops(settings, fed)
     accounts.eval_flops += sum(flops.evaluation(int(v.content[P.METRICS][P.NUM_EXAMPLES])) for v in views)
 
 
