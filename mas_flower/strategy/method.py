@@ -196,9 +196,9 @@ class MethodStrategy(Strategy):
         self.progress.states = {n: r.to_torch_state_dict() for n, r in split_arrays(driver.arrays).items()}
         self.progress.next_round += 1
         self.rounds_this_session += 1
-        self.checkpoint()
-        if self.run_dir is not None:
+        if self.run_dir is not None:  # before the checkpoint: a crash between them repeats the line, loses none
             append_live(self.run_dir, self.ledger.history[-1], self.ledger.accounts.totals())
+        self.checkpoint()
         self._log_round(driver, self.ledger.history[-1])
 
     def _count_wall_time(self) -> None:
