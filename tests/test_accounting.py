@@ -59,3 +59,16 @@ def test_the_live_file_skips_a_torn_last_line(tmp_path) -> None:
     assert read_live(tmp_path) == [{"round": 1, "phase": "merge", "train_tflops_so_far": 1.0,
                                     "affinity_tflops_so_far": 0.0, "eval_tflops_so_far": 0.0,
                                     "comm_mb_down_so_far": 0.0, "comm_mb_up_so_far": 0.0, "comm_mb_so_far": 0.0}]
+
+
+def test_a_checkpointed_ledger_from_before_the_accounts_resumes_with_empty_books() -> None:
+    import pickle
+
+    from mas_flower.strategy.run import Ledger
+
+    old = Ledger(client_train_seconds=2.0)
+    del old.accounts  # as pickled before the field existed
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.client_train_seconds == 2.0 and restored.accounts == Accounts()
+    kept = pickle.loads(pickle.dumps(Ledger(accounts=Accounts(bytes_up=5))))
+    assert kept.accounts.bytes_up == 5

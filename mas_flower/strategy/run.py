@@ -51,6 +51,10 @@ class Ledger:
     #: FLOPs, bytes and client set-up seconds so far (`mas_flower.strategy.accounting`).
     accounts: Accounts = field(default_factory=Accounts)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (a checkpoint): books added since the checkpoint was written start empty."""
+        self.__dict__.update({"accounts": Accounts(), **state})
+
 
 @dataclass
 class Progress:
