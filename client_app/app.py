@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from client_app.node import building_data, node_building
 from mas_flower import protocol as P
 from mas_flower.energy import EnergyMeter, host_id
+from mas_flower.metrics import TaskMetrics
 from mas_flower.models import build_model
 from mas_flower.training import TrainConfig, evaluate, make_weighting, pick_device, train_local
 
@@ -66,6 +67,7 @@ def _train_one(msg: Message, name: str, config: dict, context: Context) -> tuple
     if weighting.state_dict():
         context.state.array_records[key] = ArrayRecord(weighting.state_dict())
     metrics: dict = {P.NUM_EXAMPLES: result.num_examples, P.TRAIN_SECONDS: result.seconds,
+                     P.SETUP_SECONDS: result.setup_seconds, P.AFFINITY_SAMPLES: result.affinity_samples,
                      P.BF16: int(result.precision == "bf16")}
     metrics.update({P.loss_key(k): float(v) for k, v in result.losses.items()})
     if result.affinity is not None:
@@ -102,10 +104,12 @@ def evaluate_(msg: Message, context: Context) -> Message:
     for name, config in federations(msg):
         net = _network(msg, name, config)
         data = building_data(config, context)
+        sums = TaskMetrics(net.tasks) if bool(config.get(P.TASK_METRICS, False)) else None
         losses, n = evaluate(net, data.split(str(config["split"])), int(config["batch-size"]), pick_device(),
-                             precision=str(config.get("precision", "auto")))
+                             precision=str(config.get("precision", "auto")), metrics=sums)
         content[P.record_key(P.METRICS, name)] = MetricRecord(
-            {P.NUM_EXAMPLES: n, **{P.loss_key(k): float(v) for k, v in losses.items()}})
+            {P.NUM_EXAMPLES: n, **{P.loss_key(k): float(v) for k, v in losses.items()},
+             **(sums.to_record() if sums is not None else {})})
     return Message(content=content, reply_to=msg)
 
 

@@ -57,6 +57,8 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "eval-every": 1,
     "lost-after": 3,
     "test-coverage": "all",
+    "split-schedule": "continue",
+    "hoa-single-cost": 1.0,
 }
 
 

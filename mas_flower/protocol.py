@@ -23,6 +23,13 @@ TRAIN_SECONDS = "train-seconds"
 BF16 = "bf16"
 AFFINITY = "affinity"
 AFFINITY_COUNT = "affinity-count"
+#: Samples in the lookahead batches of a local training (FLOP accounting, `mas_flower.flops`).
+AFFINITY_SAMPLES = "affinity-samples"
+#: One-time costs of a local training before its first batch (not in TRAIN_SECONDS).
+SETUP_SECONDS = "setup-seconds"
+#: Evaluate config key: when true, the reply also carries the task metrics' sums
+#: (`mas_flower.metrics.TaskMetrics.to_record`, keys `msum.<letter>.<sum>`).
+TASK_METRICS = "task-metrics"
 BUILDING = "building"
 #: Flower's own FedProx puts its μ under this config key; our ClientApp honours it.
 PROXIMAL_MU = "proximal-mu"

@@ -1,4 +1,6 @@
-"""`mas-flower report RUN_OR_SUITE_DIR...`: PNG figures from run folders (results.json only).
+"""`mas-flower report RUN_OR_SUITE_DIR...`: PNG figures from run folders (results.json), and from
+unfinished runs (no results.json yet: their `config.json` and live `metrics.jsonl`, which give the
+validation-loss and affinity-rounds figures only).
 
 - `validation-loss.png`: total validation loss (sum over tasks) per round, per method, mean ± std
   over seeds (the supplementary's Figure 3). A round's total takes, per task, the lowest validation
@@ -21,13 +23,15 @@ summary.csv, summary.md and runs.csv (`mas_flower.summary`) are written beside t
 from __future__ import annotations
 
 import csv
+import json
 import re
 import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from mas_flower.summary import Run, display_name, load_runs, summarise, write_summary
+from mas_flower.live import LIVE_FILE, read_live
+from mas_flower.summary import Run, display_name, find_run_dirs, load_runs, summarise, write_summary
 from mas_flower.tasks import ALL_LETTERS, TASKS
 
 Curves = dict[tuple[str, str], list[Run]]
@@ -36,23 +40,25 @@ Curves = dict[tuple[str, str], list[Run]]
 def make_report(paths: list[Path], out: Path | None = None) -> list[Path]:
     """Write the figures for the runs in `paths` (run or suite folders) into `out`; return the PNGs.
 
-    `out` defaults to `<first path>/figures`.
+    `out` defaults to `<first path>/figures`. An unfinished run folder (`unfinished_run`) adds its
+    rounds so far to the per-round figures; the summary and the test-time figures need finished runs.
     """
     if not paths:
         raise ValueError("report: give at least one run folder or suite folder")
-    runs = load_runs(paths)
+    live = [run for p in paths if not find_run_dirs(Path(p)) and (run := unfinished_run(Path(p))) is not None]
+    runs = load_runs([p for p in paths if find_run_dirs(Path(p)) or unfinished_run(Path(p)) is None])
     out = Path(out) if out is not None else Path(paths[0]) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
     matplotlib.use("Agg")
-    rows = summarise(runs)
-    order = list(dict.fromkeys(row.method for row in rows))
+    rows = summarise(runs) if runs else []
+    order = list(dict.fromkeys([row.method for row in rows] + [run.label for run in live]))
     groups: Curves = {}
-    for run in runs:
+    for run in runs + live:
         groups.setdefault((run.task_set, run.label), []).append(run)
     colours = _colours(order)
-    note = provenance(runs)
+    note = provenance(runs + live)
     written = [_validation_loss(groups, order, colours, out / "validation-loss.png", note)]
     scale = affinity_scale(runs)
     for (ts, label), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
@@ -68,9 +74,22 @@ def make_report(paths: list[Path], out: Path | None = None) -> list[Path]:
         for ts in dict.fromkeys(ts for ts, _ in frequencies):
             part = {label: f for (t, label), f in frequencies.items() if t == ts}
             written.append(_cogrouping_figure(ts, part, out / f"cogrouping-{_safe(ts)}.png", note))
-    written.append(_loss_vs_energy(rows, colours, out / "loss-vs-energy.png", note))
-    write_summary(out, runs)
+    if runs:
+        written.append(_loss_vs_energy(rows, colours, out / "loss-vs-energy.png", note))
+        write_summary(out, runs)
     return written
+
+
+def unfinished_run(path: Path) -> Run | None:
+    """A run still in progress (or killed) as a `Run` whose results hold only its identity, config and
+    `history` (the rounds of its `metrics.jsonl`); None unless `path` has config.json and that file."""
+    config_path = path / "config.json"
+    if not (config_path.is_file() and (path / LIVE_FILE).is_file()):
+        return None
+    config = json.loads(config_path.read_text())
+    return Run(path, {"method": config["method"], "task_set": config["task-set"], "seed": config["seed"],
+                      "server_strategy": config.get("server-strategy", "fedavg"), "config": config,
+                      "history": read_live(path), "unfinished": True})
 
 
 # What the figures show: provenance, shared scales, co-grouping ---------------------------------

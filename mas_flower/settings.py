@@ -72,6 +72,10 @@ class Settings:
     lost_after: int
     #: Which buildings holding test data the final test must cover: `all` of them, or `any` (at least one).
     test_coverage: str
+    #: MAS's split stage: `continue` the run's lr schedule, or `restart` it at `lr` over R − R0 rounds.
+    split_schedule: str
+    #: HOA's price of a single-task network against the budget of x networks (Standley's code: 0.5).
+    hoa_single_cost: float
 
     @classmethod
     def from_run_config(cls, config: dict[str, Any]) -> Settings:
@@ -141,6 +145,10 @@ class Settings:
             problems.append(f"data-root={self.data_root!r} must be an absolute path (the app runs elsewhere)")
         if self.output_dir and not Path(self.output_dir).is_absolute():
             problems.append(f"output-dir={self.output_dir!r} must be an absolute path (the app runs elsewhere)")
+        if self.split_schedule not in ("continue", "restart"):
+            problems.append(f"split-schedule={self.split_schedule!r} must be 'continue' or 'restart'")
+        if not 0 < self.hoa_single_cost <= 1:
+            problems.append(f"hoa-single-cost={self.hoa_single_cost} must be in (0, 1]")
         problems += self._server_problems()
         if problems:
             raise ValueError("invalid run config: " + "; ".join(problems))

@@ -32,7 +32,8 @@ from mas_flower.results import RESULTS_FILE
 #: The method Δm% compares against.
 BASELINE = "one-by-one"
 #: Per-run numbers summarised when runs record them (issue 12: compute and communication).
-OPTIONAL_SCALARS = ("train_tflops", "affinity_tflops", "eval_tflops", "comm_mb_down", "comm_mb_up", "comm_mb")
+OPTIONAL_SCALARS = ("train_tflops", "affinity_tflops", "eval_tflops", "comm_mb_down", "comm_mb_up", "comm_mb",
+                    "client_setup_seconds", "oracle_mas_rank")
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,50 @@ def test_each_split_starts_from_the_merged_encoder_and_its_decoders(mas_run: Pat
             assert torch.equal(init[key], merged[key]), key
         final = torch.load(mas_run / "weights" / f"split-{group}.pt")
         assert any(not torch.equal(final[k], init[k]) for k in init)  # and it trained afterwards
+
+
+def test_task_metrics_flops_bytes_and_the_live_file(mas_run: Path, tiny_federation: Path) -> None:
+    from mas_flower.data import open_building
+    from mas_flower.flops import network_flops
+    from mas_flower.live import read_live
+    from mas_flower.metrics import metric_names
+
+    results = json.loads((mas_run / "results.json").read_text())
+    # Task metrics: each task by its serving network, summed over every node's test split.
+    assert {t: set(m) for t, m in results["test_metrics"].items()} == {t: set(metric_names(t)) for t in "sdnkt"}
+    assert 0 <= results["test_metrics"]["s"]["miou"] <= 1 and results["test_metrics"]["d"]["rmse_m"] > 0
+    assert set(results["history"][-1]["federations"][results["splits"][0]]["val_metrics"]) == set(results["splits"][0])
+    # Training FLOPs without the lookahead, by hand: per round, network × epochs (1) × each sampled
+    # building's training samples; a round's "federations" are the networks it trained ("all": sdnkt).
+    train = {b: open_building(tiny_federation, b, "sdnkt", 32).sizes()["train"] for b in results["nodes"]}
+    expected = sum(network_flops("tiny", "sdnkt" if fed == "all" else fed, 32).train * train[b]
+                   for h in results["history"] for fed in h["federations"] for b in h["sampled"])
+    assert 0 < results["affinity_tflops"] < results["train_tflops"]
+    assert (results["train_tflops"] - results["affinity_tflops"]) * 1e12 == pytest.approx(expected, rel=1e-9)
+    assert results["eval_tflops"] > 0 and results["client_setup_seconds"] > 0
+    # Bytes: down carries each sampled node's networks, so more than up's metrics, less than 2x up.
+    assert results["comm_mb"] == pytest.approx(results["comm_mb_down"] + results["comm_mb_up"])
+    rounds = results["history"]
+    assert all(h["comm_mb_down"] > 0 and h["comm_mb_up"] > 0 for h in rounds)
+    assert sum(h["comm_mb"] for h in rounds) < results["comm_mb"]  # + the final test evaluation
+    assert sum(h["train_tflops"] for h in rounds) == pytest.approx(results["train_tflops"])
+    # The live file: one line per round, the history entry plus the totals so far.
+    live = read_live(mas_run)
+    assert [(x["round"], x["phase"]) for x in live] == [(h["round"], h["phase"]) for h in rounds]
+    assert live[-1]["federations"] == rounds[-1]["federations"]
+    assert live[-1]["train_tflops_so_far"] == pytest.approx(results["train_tflops"])
+
+
+def test_report_draws_an_unfinished_run_from_its_live_file(mas_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from mas_flower.report import make_report
+
+    run = tmp_path / "running"
+    shutil.copytree(mas_run, run)
+    (run / "results.json").unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # three rounds done so far
+    written = make_report([run], tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["affinity-rounds-sdnkt-mas-2.png", "validation-loss.png"]
+    assert all(p.stat().st_size > 5000 for p in written)

@@ -85,3 +85,56 @@ def test_baseline_runs_end_to_end(method: str, private_homes, tiny_federation: P
         assert len(phases) == 2 and results["splits"] is None
     if method == "one-by-one":
         assert set(results["history"][0]["federations"]) == {"s", "d", "k"}
+        from mas_flower.data import open_building
+        from mas_flower.flops import network_flops
+
+        # It costs the single-task networks' sum × the samples trained (1 epoch of each sampled building).
+        samples = sum(open_building(tiny_federation, b, "sdk", 32).sizes()["train"]
+                      for h in results["history"] for b in h["sampled"])
+        per_sample = sum(network_flops("tiny", t, 32).train for t in "sdk")
+        assert results["affinity_tflops"] == 0
+        assert results["train_tflops"] * 1e12 == pytest.approx(per_sample * samples, rel=1e-9)
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    ("continue", [0.1 * (1 - 2 / 4) ** 0.9, 0.1 * (1 - 3 / 4) ** 0.9]),  # one schedule over R = 4
+    ("restart", [0.1, 0.1 * (1 - 1 / 2) ** 0.9]),  # restarted at lr over R − R0 = 2 rounds
+])
+def test_mas_split_schedule(schedule: str, expected: list[float]) -> None:
+    from mas_flower.strategy.federations import ParallelFederations
+
+    method = build_method(settings(task_set="sdk", num_rounds=4, merge_rounds=2, affinity_rounds=1,
+                                   split_schedule=schedule))
+    merge = method.first_stage()
+    merged = {"encoder.w": np.zeros(1), **{f"decoders.{t}.w": np.zeros(1) for t in "sdk"}}
+    affinity = np.array([[0, 1, -1], [1, 0, -1], [-1, -1, 0]], dtype=float)
+    split = method.next_stage(StageOutcome(merge, {"all": merged}, affinity={"all": affinity}))
+    driver = ParallelFederations(split, method.settings)
+    assert [driver.lr(r) for r in (3, 4)] == pytest.approx(expected)
+    assert ParallelFederations(merge, method.settings).lr(1) == pytest.approx(0.1)
+
+
+def test_oracle_partitions_are_stirling_numbers() -> None:
+    from mas_flower.methods.oracle import partitions
+
+    assert list(partitions("sdk", 2)) == [["s", "dk"], ["sd", "k"], ["sk", "d"]]
+    for n, k, stirling in [(5, 2, 15), (5, 3, 25), (4, 2, 7), (4, 4, 1)]:
+        parts = list(partitions("sdnkt"[:n], k))
+        assert len(parts) == stirling and len({tuple(p) for p in parts}) == stirling
+        assert all(sorted("".join(p)) == sorted("sdnkt"[:n]) and len(p) == k for p in parts)
+
+
+def test_oracle_ranks_mas_choice_among_every_partition(private_homes, tiny_federation: Path, tmp_path: Path) -> None:
+    run_app({"method": "oracle", "task-set": "sdk", "splits": 2, "num-rounds": 2, "merge-rounds": 1,
+             "affinity-rounds": 1, "clients-per-round": 2, "batch-size": 4, "image-size": 32, "affinity-every": 2,
+             "data-root": str(tiny_federation), "output-dir": str(tmp_path), "run-name": "oracle"}, num_supernodes=3)
+    results = json.loads((tmp_path / "oracle" / "results.json").read_text())
+    details = results["details"]
+    assert set(results["history"][1]["federations"]) == {"s", "dk", "sd", "k", "sk", "d"}
+    ranked = [p["total_test_loss"] for p in details["oracle_partitions"]]
+    assert details["oracle_partition_count"] == 3 and ranked == sorted(ranked)
+    assert sorted(details["oracle_mas_partition"]) == sorted(results["splits"])
+    # MAS's partition serves the tasks, so the run's total is its total; its rank counts the better ones.
+    assert details["oracle_mas_total_test_loss"] == pytest.approx(results["total_test_loss"])
+    assert details["oracle_mas_rank"] == 1 + sum(t < results["total_test_loss"] - 1e-12 for t in ranked)
+    assert results["oracle_mas_rank"] == details["oracle_mas_rank"]  # for the bench summary

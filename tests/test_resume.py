@@ -67,6 +67,9 @@ def assert_same_run(resumed: dict, uninterrupted: dict) -> None:
     for mine, theirs in zip(resumed["history"], uninterrupted["history"], strict=True):
         for name, entry in mine["federations"].items():
             assert entry["val_loss"] == pytest.approx(theirs["federations"][name]["val_loss"], rel=1e-6)
+    # the books carry over: same FLOPs and bytes as without the crash
+    for key in ("train_tflops", "affinity_tflops", "eval_tflops", "comm_mb"):
+        assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-9), key
 
 
 def crash_and_resume(phase: str, run_config: dict, run_dir: Path) -> dict:
@@ -74,7 +77,11 @@ def crash_and_resume(phase: str, run_config: dict, run_dir: Path) -> dict:
     done = torch.load(run_dir / "checkpoint.pt", weights_only=False)["progress"]
     assert done.stage.phase == phase
     run_app({"resume": str(run_dir)}, NODES)
-    return json.loads((run_dir / "results.json").read_text())
+    results = json.loads((run_dir / "results.json").read_text())
+    from mas_flower.live import read_live
+
+    assert [x["round"] for x in read_live(run_dir)] == [h["round"] for h in results["history"]]  # each once
+    return results
 
 
 @pytest.mark.parametrize("phase", ["merge", "split"])

@@ -356,3 +356,37 @@ def test_result_rendering():
     result = SplitResult([(3, 4), (0, 1, 2)], 1.0, True)
     assert result.labels(TASKS) == ["sdn", "kt"]
     assert result.labels(["a", "b", "c", "d", "e"]) == [["a", "b", "c"], ["d", "e"]]
+
+
+@pytest.mark.parametrize("n", range(1, 5))
+def test_hoa_with_half_priced_singles_matches_brute_force(n):
+    from mas_flower.splitting.hoa import _priced_split, pair_matrix
+
+    rng = np.random.default_rng(50 + n)
+    subsets_ = groups_of(n, 1)
+    single, pair = rng.uniform(0.5, 1.5, n), rng.uniform(0.3, 1.7, (n, n))
+    losses = np.full((len(subsets_), n), np.inf)
+    for row, g in enumerate(subsets_):
+        for j in g:
+            losses[row, j] = single[j] if len(g) == 1 else np.mean([pair[i, j] for i in g if i != j])
+    cost = [0.5 if len(g) == 1 else 1.0 for g in subsets_]
+    for x in range(1, min(n, 2) + 1):
+        best = min(losses[list(rows)].min(axis=0).sum() for k in range(1, 2 * x + 1)
+                   for rows in itertools.combinations(range(len(subsets_)), k) if sum(cost[r] for r in rows) <= x)
+        result = hoa_split(single, pair, x, single_cost=0.5)
+        assert result.score == pytest.approx(best, abs=1e-12)
+        assert sum(0.5 if len(g) == 1 else 1 for g in result.groups) <= x
+        # the priced search at price 1 is the default search
+        assert _priced_split(single, pair_matrix(pair, [str(i) for i in range(n)]), x, 1.0).score == \
+            pytest.approx(hoa_split(single, pair, x).score, abs=1e-12)
+
+
+def test_hoa_single_cost_by_hand():
+    # Pairing hurts every task (1.2 against 1.0 alone). Budget x = 2: at price 1, at most two networks
+    # ({a}, {b, c}: 1 + 1.2 + 1.2 = 3.4); at Standley's 0.5, three single-task networks (3.0).
+    pair = np.full((3, 3), 1.2)
+    assert hoa_split([1, 1, 1], pair, 2, tasks="abc").labels("abc") == ["a", "bc"]
+    half = hoa_split([1, 1, 1], pair, 2, tasks="abc", single_cost=0.5)
+    assert half.labels("abc") == ["a", "b", "c"] and half.score == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="single_cost"):
+        hoa_split([1, 1, 1], pair, 2, single_cost=0)

@@ -51,6 +51,8 @@ class Stage:
     schedule_total: int = 0
     #: The first rounds of this stage in which federations with `measure_affinity` measure it.
     affinity_rounds: int = 0
+    #: Restart the schedule at `lr` over this stage's own rounds (MAS's `split-schedule = restart`).
+    restart_schedule: bool = False
 
 
 @dataclass
@@ -125,6 +127,11 @@ class Method(ABC):
             holders = [f.name for f in outcome.stage.federations if letter in f.tasks]
             serving[letter] = min(holders, key=lambda n: outcome.val_losses.get(n, {}).get(letter, np.inf))
         return serving
+
+    def tested(self, test_losses: dict[str, dict[str, float]]) -> None:
+        """Called after the test with every final federation's test losses (federation -> task ->
+        loss), for methods that report on all of them (the oracle); nothing by default."""
+        return None
 
     # Helpers shared by the methods -------------------------------------------------------------
 

@@ -37,7 +37,8 @@ class HigherOrderApproximation(Method):
         pair = np.zeros((len(tasks), len(tasks)))
         for (i, a), (j, b) in combinations(enumerate(tasks), 2):
             pair[i, j], pair[j, i] = val[a + b][b], val[a + b][a]
-        result = hoa_split(single, pair, self.settings.splits, tasks=list(tasks))
+        result = hoa_split(single, pair, self.settings.splits, tasks=list(tasks),
+                           single_cost=self.settings.hoa_single_cost)
         self.splits = result.labels(tasks)
         self.details.update(hoa_single_val_loss=dict(zip(tasks, single, strict=True)),
                             hoa_pair_val_loss=pair.tolist(), hoa_estimated_total=float(result.score),

@@ -3,7 +3,9 @@
 Merge: one multi-task network trained with FedAvg for R0 rounds, clients measuring the lookahead
 affinity in its first `affinity-rounds` rounds. Split: the partition into exactly x groups with the
 best affinity score. Continue: each group becomes its own federation, started from the merged
-encoder and its own decoders, and trains until round R on the same schedule.
+encoder and its own decoders, and trains until round R on the same schedule (`split-schedule =
+continue`), or on the schedule restarted at `lr` over the R − R0 split rounds (`restart`: the MAS
+authors' released recipe, lr·(1 − i/(R − R0))^0.9 in the split stage's round i, 0-based).
 """
 
 from __future__ import annotations
@@ -43,4 +45,6 @@ class MergeAndSplit(Method):
         self.details["split_optimal"] = bool(result.optimal)
         merged = outcome.states["all"]
         federations = [FederationSpec(g, g, init=subnetwork_state(merged, g)) for g in groups]
-        return self.stage("split", federations, schedule_start=s.merge_rounds)
+        stage = self.stage("split", federations, schedule_start=s.merge_rounds)
+        stage.restart_schedule = s.split_schedule == "restart"
+        return stage

@@ -8,6 +8,12 @@ group with its lowest estimate; the sum of those estimates is minimised using at
 Search: exact, as for TAG (`hosts.py`): the tasks split into at most x blocks, each served by the
 host group with the lowest summed estimate for it, and the subset DP picks the blocks. O(3^n) time,
 so at most `MAX_N` (18) tasks; HOA needs n (n - 1) / 2 pair trainings, so real uses are far smaller.
+
+Budget: by default every network costs 1, so at most x networks. Standley et al.'s released code
+charges a single-task network 0.5 (it is about half a multi-task network's inference cost);
+`single_cost` sets that price: then the networks' total cost must be at most x, and the search
+enumerates the set S of tasks served alone (cost `single_cost` each) and splits the others into at
+most ⌊x − single_cost·|S|⌋ blocks, each served by its best group of two or more tasks.
 """
 
 from __future__ import annotations
@@ -90,13 +96,14 @@ def hoa_total(single: np.ndarray, p: np.ndarray, groups: Sequence[Sequence[int]]
 
 def hoa_split(single: Mapping[str, float] | Sequence[float],
               pair: Mapping[tuple[str, str], tuple[float, float]] | Sequence[Sequence[float]] | np.ndarray,
-              splits: int, *, tasks: Labels | None = None) -> SplitResult:
+              splits: int, *, tasks: Labels | None = None, single_cost: float = 1.0) -> SplitResult:
     """At most `splits` groups (overlapping, singletons allowed) minimising the estimated total loss.
 
     `single`: loss of each task trained alone ({label: loss} or a list in task order). `pair`: a
     matrix P[i][j] = loss of j trained with i, or {(a, b): (loss of a, loss of b)}. `tasks` fixes the
     task order (default: the keys of `single`). The result's `score` is the estimated total loss
-    (lower is better); groups that serve no task are dropped.
+    (lower is better); groups that serve no task are dropped. `single_cost` (in (0, 1]) is what a
+    single-task network costs against the budget of x (see the module docstring).
     """
     labels = _labels(single, tasks)
     n = len(labels)
@@ -108,6 +115,10 @@ def hoa_split(single: Mapping[str, float] | Sequence[float],
         raise ValueError(f"HOA search supports 1 to {MAX_N} tasks, got {n}")
     if not 1 <= splits <= n:
         raise ValueError(f"splits must be between 1 and the number of tasks ({n}), got {splits}")
+    if not 0 < single_cost <= 1:
+        raise ValueError(f"single_cost={single_cost} must be in (0, 1]")
+    if single_cost != 1:
+        return _priced_split(s, p, splits, single_cost)
     h = host_values(-p)  # best host per block for minus the loss: a maximisation
     alone = np.maximum(h[1 << np.arange(n)], -s)
     h[1 << np.arange(n)] = alone
@@ -120,6 +131,41 @@ def hoa_split(single: Mapping[str, float] | Sequence[float],
             g = best_host(-p, b, n)[0]
             hosts.add(tuple(i for i in range(n) if g >> i & 1))
     picked = sorted(hosts)
+    values = np.full((len(picked), n), -np.inf)
+    for row, g in enumerate(picked):
+        for j, v in estimated_losses(s, p, g).items():
+            values[row, j] = -v
+    picked = [picked[i] for i in drop_redundant(values, list(range(len(picked))))]
+    return SplitResult(canonical(picked), hoa_total(s, p, picked), True)
+
+
+def _priced_split(s: np.ndarray, p: np.ndarray, splits: int, single_cost: float) -> SplitResult:
+    """`hoa_split` when a single-task network costs `single_cost` < 1: the best over every set S of
+    tasks served alone of S's singles plus the best ⌊x − single_cost·|S|⌋ or fewer blocks of the rest."""
+    n = len(s)
+    h = host_values(-p)  # hosts of two or more tasks
+    best: tuple[float, list[tuple[int, ...]]] | None = None
+    for alone in range(1 << n):
+        rest = [i for i in range(n) if not alone >> i & 1]
+        budget = int(np.floor(splits - single_cost * (n - len(rest)) + 1e-9))
+        if budget < (1 if rest else 0):
+            continue
+        groups = [(i,) for i in range(n) if alone >> i & 1]
+        value = -float(s[[g[0] for g in groups]].sum()) if groups else 0.0
+        if rest:
+            sub = np.full(1 << len(rest), -np.inf)
+            for m in range(1, 1 << len(rest)):
+                sub[m] = h[sum(1 << t for k, t in enumerate(rest) if m >> k & 1)]
+            blocks, total = best_partition(sub, len(rest), min(budget, len(rest)), at_most=True)
+            value += total
+            for b in blocks:
+                mask = sum(1 << t for k, t in enumerate(rest) if b >> k & 1)
+                g = best_host(-p, mask, n)[0]
+                groups.append(tuple(i for i in range(n) if g >> i & 1))
+        if best is None or value > best[0] + 1e-12:
+            best = (value, groups)
+    assert best is not None  # S = {} always fits: x >= 1 block
+    picked = sorted(set(best[1]))
     values = np.full((len(picked), n), -np.inf)
     for row, g in enumerate(picked):
         for j, v in estimated_losses(s, p, g).items():

@@ -28,6 +28,7 @@ from mas_flower.methods.base import FederationSpec, Stage, State
 from mas_flower.models import build_model
 from mas_flower.settings import Settings
 from mas_flower.strategy import membership
+from mas_flower.strategy.accounting import book_eval, book_train, count_exchange, take_metric_sums
 from mas_flower.strategy.aggregators import StrategyFactory, strategy_factory
 from mas_flower.strategy.exchange import exchange
 from mas_flower.strategy.replies import reject_evaluate_reply, reject_train_reply
@@ -95,6 +96,8 @@ class ParallelFederations(Strategy):
         self.on_round = on_round
         self.affinity_rounds: dict[str, list[np.ndarray]] = {}
         self.val_losses: dict[str, dict[str, float]] = {}
+        #: Federation -> task-metric sums of the last evaluation that asked for them (`task-metrics`).
+        self.task_metrics: dict[str, Any] = {}
         self.record: dict[str, Any] = {}  # the history entry of the round in progress
         self._sent: dict[str, ArrayRecord] = {}
         self._sent_to: dict[str, list[int]] = {}
@@ -114,6 +117,9 @@ class ParallelFederations(Strategy):
         return join_arrays(initial_states(self.settings, self.federations))
 
     def lr(self, server_round: int) -> float:
+        if getattr(self.stage, "restart_schedule", False):  # counted from this stage's first round
+            start = self.stage.schedule_start
+            return self.settings.lr_at(server_round - 1 - start, self.stage.schedule_total - start)
         return self.settings.lr_at(server_round - 1, self.stage.schedule_total)
 
     def summary(self) -> None:
@@ -228,6 +234,8 @@ class ParallelFederations(Strategy):
 
     def _book(self, replies: list[Message], accepted: dict[str, list[Message]]) -> None:
         """Client training time of accepted work; energy of every node that answered."""
+        for fed in self.federations:
+            book_train(self.ledger.accounts, self.settings, fed, accepted[fed.name])
         for views in accepted.values():
             self.ledger.client_train_seconds += sum(float(m.content[P.METRICS][P.TRAIN_SECONDS]) for m in views)
             self.ledger.precisions.update("bf16" if int(m.content[P.METRICS].get(P.BF16, 0)) else "fp32"
@@ -272,6 +280,7 @@ class ParallelFederations(Strategy):
         by_node = {m.metadata.src_node_id: m for m in replies}
         metrics = MetricRecord()
         self.val_losses, self.covered, self.uncovered, self.unavailable = {}, {}, {}, set()
+        self.task_metrics = {}
         for fed in self.federations:
             good = []
             for nid in self._sent_to[fed.name]:
@@ -294,6 +303,10 @@ class ParallelFederations(Strategy):
             self.covered[fed.name] = [self.roster.nodes[m.metadata.src_node_id] for m in good]
             if not good:
                 raise RoundFailed(f"no node evaluated federation {fed.name!r} on {self._eval_split}")
+            book_eval(self.ledger.accounts, self.settings, fed, good)
+            good, sums = take_metric_sums(good)
+            if sums is not None:
+                self.task_metrics[fed.name] = sums
             self.val_losses[fed.name] = _losses(self.strategies[fed.name].aggregate_evaluate(server_round, good),
                                                 fed.tasks)
             for key, value in self.val_losses[fed.name].items():
@@ -304,10 +317,13 @@ class ParallelFederations(Strategy):
 
     def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord, split: str) -> dict[str, dict[str, float]]:
         """Every federation's per-task losses on `split` of every node (Flower's current view of them);
-        `covered` names the buildings each federation's losses come from."""
+        `covered` names the buildings each federation's losses come from, and `task_metrics` holds the
+        sums of its task metrics (cheap beside the forward passes)."""
         membership.refresh(self.roster, grid, server_round, count=False)
-        messages = self.configure_evaluate(server_round, arrays, ConfigRecord({"split": split}), grid)
+        messages = self.configure_evaluate(server_round, arrays,
+                                           ConfigRecord({"split": split, P.TASK_METRICS: True}), grid)
         replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
+        count_exchange(self.ledger.accounts, messages, replies.values())
         try:
             self.aggregate_evaluate(server_round, replies.values())
         finally:
@@ -325,6 +341,7 @@ class ParallelFederations(Strategy):
             membership.refresh(self.roster, grid, server_round)
             messages = self.configure_train(server_round, arrays, config or ConfigRecord(), grid)
             replies = exchange(grid, [(m.metadata.dst_node_id, m) for m in messages], timeout=self.timeout())
+            count_exchange(self.ledger.accounts, messages, replies.values())
             new, metrics = self.aggregate_train(server_round, replies.values())
             membership.record_exchange(self.roster, self._sampled, self.failed_nodes, self.unavailable,
                                        server_round)
@@ -357,7 +374,7 @@ class ParallelFederations(Strategy):
         rounds = self.stage.rounds if num_rounds is None else num_rounds
         for index in range(first_round, rounds):
             server_round = self.stage.schedule_start + index + 1
-            t0 = time.monotonic()
+            t0, spent = time.monotonic(), self.ledger.accounts.snapshot()
             arrays, train_metrics = self.train_round(grid, server_round, arrays, train_config)
             result.arrays, result.train_metrics_clientapp[server_round] = arrays, train_metrics
             if self.evaluates_in(index):
@@ -367,11 +384,13 @@ class ParallelFederations(Strategy):
                 for name, entry in self.record["federations"].items():
                     entry["val_loss"] = self.val_losses[name]
                     entry["val_buildings"] = self.covered[name]
+                    if name in self.task_metrics:
+                        entry["val_metrics"] = self.task_metrics[name].compute()
             if evaluate_fn is not None and (res := evaluate_fn(server_round, arrays)) is not None:
                 result.evaluate_metrics_serverapp[server_round] = res
             self.record.pop("short", None)
             self.record.update(round=server_round, phase=self.stage.phase, lr=self.lr(server_round),
-                               seconds=time.monotonic() - t0)
+                               seconds=time.monotonic() - t0, **self.ledger.accounts.since(spent))
             self.ledger.history.append(self.record)
             self.arrays = arrays
             if self.on_round is not None:

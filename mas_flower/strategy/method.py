@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from mas_flower.energy import EnergyMeter
+from mas_flower.live import append_live
 from mas_flower.methods import Method, StageOutcome
 from mas_flower.strategy.aggregators import StrategyFactory
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
@@ -42,7 +43,8 @@ class MethodStrategy(Strategy):
     checkpoint : a loaded checkpoint (`load_checkpoint`) to resume from.
 
     After `start`: `outcome` (the final stage), `test_loss` (task -> loss on every node's test split,
-    each task served by `method.serving`), `ledger` (history, time, energy), `outcomes` (every stage).
+    each task served by `method.serving`), `test_metrics` (task -> metric -> value, likewise),
+    `ledger` (history, time, energy), `outcomes` (every stage).
     """
 
     def __init__(self, method: Method, aggregator: str | StrategyFactory | None = None, *,
@@ -63,6 +65,7 @@ class MethodStrategy(Strategy):
         self.test_loss: dict[str, float] = {}
         self.coverage: dict[str, Any] = {}  # which buildings the test covered (`membership.check_test_coverage`)
         self.meter: EnergyMeter | None = None
+        self.test_metrics: dict[str, dict[str, float]] = {}
         self.session_started = time.monotonic()
         self.wall_before = self.ledger.wall_seconds
         self.rounds_this_session = 0
@@ -176,6 +179,9 @@ class MethodStrategy(Strategy):
         test = self.current.evaluate(grid, self.settings.num_rounds, result.arrays, "test")
         self.coverage = check_test_coverage(self.roster, self.current.covered, self.current.uncovered)
         self.test_loss = {letter: test[name][letter] for letter, name in serving.items()}
+        self.method.tested(test)
+        sums = self.current.task_metrics
+        self.test_metrics = {letter: sums[name].compute()[letter] for letter, name in serving.items() if name in sums}
         self._count_wall_time()
         return result
 
@@ -196,6 +202,8 @@ class MethodStrategy(Strategy):
         self.progress.next_round += 1
         self.rounds_this_session += 1
         self._bank_energy(restart=True)
+        if self.run_dir is not None:  # before the checkpoint: a crash between them repeats the line, loses none
+            append_live(self.run_dir, self.ledger.history[-1], self.ledger.accounts.totals())
         self.checkpoint()
         self._log_round(driver, self.ledger.history[-1])
 

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from mas_flower.methods.base import Stage, State
 from mas_flower.settings import Settings
 from mas_flower.strategy import membership
+from mas_flower.strategy.accounting import Accounts
 from mas_flower.strategy.nodes import wait_for_nodes
 
 
@@ -47,6 +48,12 @@ class Ledger:
     precisions: set[str] = field(default_factory=set)
     #: Sessions of the run: 1, plus one per resume (the server's meter restarts with each).
     sessions: int = 0
+    #: FLOPs, bytes and client set-up seconds so far (`mas_flower.strategy.accounting`).
+    accounts: Accounts = field(default_factory=Accounts)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (a checkpoint): books added since the checkpoint was written start empty."""
+        self.__dict__.update({"accounts": Accounts(), "sessions": 0, "precisions": set(), **state})
 
 
 @dataclass
