@@ -49,11 +49,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import mas_flower
+from mas_flower.affinity import AFFINITY_MODES
 from mas_flower.tasks import parse_tasks
 
 #: Samples per measured batch (batch norm in training mode needs more than one value per channel).
 MEASURE_BATCH = 2
-AFFINITY_MODES = ("exact", "first_order")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mas_flower.affinity import AFFINITY_MODES
 from mas_flower.tasks import parse_tasks
 from mas_flower.training import PRECISIONS
 
@@ -119,8 +120,8 @@ class Settings:
             problems.append("affinity-rounds must be >= 0 and affinity-every >= 1")
         if self.precision not in PRECISIONS:
             problems.append(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
-        if self.affinity_mode not in ("exact", "first_order"):
-            problems.append(f"affinity-mode={self.affinity_mode!r} must be 'exact' or 'first_order'")
+        if self.affinity_mode not in AFFINITY_MODES:
+            problems.append(f"affinity-mode={self.affinity_mode!r} must be one of {', '.join(AFFINITY_MODES)}")
         if self.min_replies < 1 or self.min_replies > self.clients_per_round:
             problems.append(f"min-replies={self.min_replies} must be between 1 and clients-per-round="
                             f"{self.clients_per_round}")

@@ -130,13 +130,7 @@ def hoa_split(single: Mapping[str, float] | Sequence[float],
         else:
             g = best_host(-p, b, n)[0]
             hosts.add(tuple(i for i in range(n) if g >> i & 1))
-    picked = sorted(hosts)
-    values = np.full((len(picked), n), -np.inf)
-    for row, g in enumerate(picked):
-        for j, v in estimated_losses(s, p, g).items():
-            values[row, j] = -v
-    picked = [picked[i] for i in drop_redundant(values, list(range(len(picked))))]
-    return SplitResult(canonical(picked), hoa_total(s, p, picked), True)
+    return _without_redundant(s, p, sorted(hosts))
 
 
 def _priced_split(s: np.ndarray, p: np.ndarray, splits: int, single_cost: float) -> SplitResult:
@@ -165,8 +159,12 @@ def _priced_split(s: np.ndarray, p: np.ndarray, splits: int, single_cost: float)
         if best is None or value > best[0] + 1e-12:
             best = (value, groups)
     assert best is not None  # S = {} always fits: x >= 1 block
-    picked = sorted(set(best[1]))
-    values = np.full((len(picked), n), -np.inf)
+    return _without_redundant(s, p, sorted(set(best[1])))
+
+
+def _without_redundant(s: np.ndarray, p: np.ndarray, picked: list[tuple[int, ...]]) -> SplitResult:
+    """The chosen groups less those no task needs (each task keeps its best estimated loss)."""
+    values = np.full((len(picked), len(s)), -np.inf)
     for row, g in enumerate(picked):
         for j, v in estimated_losses(s, p, g).items():
             values[row, j] = -v

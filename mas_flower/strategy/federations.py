@@ -184,13 +184,8 @@ class ParallelFederations(Strategy):
             accepted[fed.name] = []
             for nid in self._sent_to[fed.name]:
                 reply = by_node.get(nid)
-                if reply is None:
-                    reason = "no reply in time"
-                elif reply.has_error():
-                    reason = f"client error: {reply.error.reason}"
-                else:
-                    view = _view(reply, fed.name, train=True)
-                    reason = reject_train_reply(view, self._sent[fed.name], fed.tasks, self.lr(server_round))
+                view, reason = _screened(reply, fed.name, lambda v, fed=fed: reject_train_reply(
+                    v, self._sent[fed.name], fed.tasks, self.lr(server_round)), train=True)
                 if reason is None:
                     accepted[fed.name].append(view)
                 else:
@@ -285,13 +280,8 @@ class ParallelFederations(Strategy):
             good = []
             for nid in self._sent_to[fed.name]:
                 reply = by_node.get(nid)
-                if reply is None:
-                    reason = "no reply in time"
-                elif reply.has_error():
-                    reason = f"client error: {reply.error.reason}"
-                else:
-                    view = _view(reply, fed.name, train=False)
-                    reason = reject_evaluate_reply(view, fed.tasks)
+                view, reason = _screened(reply, fed.name, lambda v, fed=fed: reject_evaluate_reply(v, fed.tasks),
+                                         train=False)
                 if reason is None:
                     good.append(view)
                 else:
@@ -415,6 +405,17 @@ def _only(records: Any) -> Any:
     """The single record of a RecordDict's typed view (a Flower strategy's message holds one of each)."""
     (value,) = records.values()
     return value
+
+
+def _screened(reply: Message | None, federation: str, reject: Callable[[Message], str | None], *,
+              train: bool) -> tuple[Message | None, str | None]:
+    """A node's reply cut to one federation (`_view`) and why it must not be aggregated (None: it may)."""
+    if reply is None:
+        return None, "no reply in time"
+    if reply.has_error():
+        return None, f"client error: {reply.error.reason}"
+    view = _view(reply, federation, train=train)
+    return view, reject(view)
 
 
 def _view(reply: Message, federation: str, *, train: bool) -> Message:
