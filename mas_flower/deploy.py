@@ -93,6 +93,8 @@ class DeployResult:
     survivors: list[int] = field(default_factory=list)
     registered: list[int] = field(default_factory=list)  # node ids of the registered keys (with auth)
     refused: dict[str, int] = field(default_factory=dict)  # unregistered SuperNode -> its exit code (with auth)
+    #: Flower's own traffic figures for the run beside ours (`compare_traffic`), when both exist.
+    traffic: dict[str, Any] = field(default_factory=dict)
 
 
 def deploy_local(nodes: int, run_config: str = "", data_root: str = "", base_port: int = 0,
@@ -335,6 +337,9 @@ def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, re
     result.status = final_status(result.run_id, env)
     result.results_dir = find_results(plan, seen.get("results"), procs.state.get("started_at", 0.0))
     _say(out, f"run {result.run_id}: {result.status}")
+    result.traffic = compare_traffic(result.run_id, env, result.results_dir)
+    if result.traffic:
+        _say(out, result.traffic["summary"])
     result.exit_code = 0 if result.status == "finished:completed" else 1
 
 
@@ -470,6 +475,32 @@ def final_status(run_id: int, env: dict[str, str]) -> str:
         if status.startswith("finished") or time.monotonic() > deadline:
             return status
         time.sleep(1.0)
+
+
+def compare_traffic(run_id: int, env: dict[str, str], results_dir: Path | None) -> dict[str, Any]:
+    """Flower's network traffic of the run (`flwr ls`: bytes in and out of the SuperLink) beside the
+    run's own `comm_mb_*` (payload bytes of the records sent to and received from clients), written
+    to `<run>/flower_traffic.json`. Flower's figures also count what ours leave out: message metadata
+    and framing, the node-discovery queries, error replies and the ServerApp's own traffic with the
+    SuperLink. Empty when either side is missing."""
+    runs = _flwr_json(["ls", "--run-id", str(run_id)], env).get("runs") or []
+    flower = runs[0].get("network-traffic") if runs else None
+    if not flower or results_dir is None or not (results_dir / RESULTS_FILE).is_file():
+        return {}
+    ours = json.loads((results_dir / RESULTS_FILE).read_text())
+    if ours.get("comm_mb") is None:
+        return {}
+    mb = 1e6
+    report = {"flower_inbound_mb": flower["inbound-bytes"] / mb, "flower_outbound_mb": flower["outbound-bytes"] / mb,
+              "flower_total_mb": flower["total-bytes"] / mb, "comm_mb_up": ours["comm_mb_up"],
+              "comm_mb_down": ours["comm_mb_down"], "comm_mb": ours["comm_mb"]}
+    report["ratio"] = report["flower_total_mb"] / report["comm_mb"] if report["comm_mb"] else None
+    report["summary"] = (f"traffic: Flower counted {report['flower_total_mb']:.2f} MB (in "
+                         f"{report['flower_inbound_mb']:.2f}, out {report['flower_outbound_mb']:.2f}); the run's "
+                         f"records {report['comm_mb']:.2f} MB (up {report['comm_mb_up']:.2f}, down "
+                         f"{report['comm_mb_down']:.2f})")
+    (results_dir / "flower_traffic.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 def find_results(plan: Plan, logged: str | None, since: float) -> Path | None:
