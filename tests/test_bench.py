@@ -164,6 +164,11 @@ def test_tiny_suite_runs_and_summarises(private_homes, tmp_path_factory: pytest.
         assert float(row["total_loss_std"]) == 0.0
         assert float(row["test_loss_k_mean"]) == pytest.approx(results[name]["test_loss"]["k"], rel=1e-5)
         assert float(row["client_hours_mean"]) == pytest.approx(results[name]["client_train_seconds"] / 3600, rel=1e-5)
+        # the per-round client seconds add up to the run's, and the compute share comes from them
+        rounds = [h["client_train_seconds"] for h in results[name]["history"]]
+        assert sum(rounds) == pytest.approx(results[name]["client_train_seconds"])
+        everything = results[name]["client_train_seconds"] + results[name]["client_setup_seconds"]
+        assert float(row["compute_share_mean"]) == pytest.approx(sum(rounds[1:]) / everything, rel=1e-5)
     md = (out / "summary.md").read_text()
     assert md.index("| FedAvg\\* | 1 |") < md.index("| MAS-2 | 1 |")
     assert f"| MAS-2 | `{','.join(results['mas-x2-sdk-seed0']['splits'])}` |" in md
