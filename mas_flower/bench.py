@@ -129,14 +129,14 @@ def run_line(results: dict, launch_seconds: float | None = None) -> str:
 
 def summary_lines(runs: list, method_order: list[str]) -> str:
     """The summary's timing and compute per method (mean ± std over seeds), as bench prints it."""
-    def cell(stat: tuple[float, float] | None, scale: float = 1.0, unit: str = "") -> str:
-        return "-" if stat is None else f"{scale * stat[0]:.4g}{unit} ± {scale * stat[1]:.2g}{unit}"
+    def cell(stat: tuple[float, float] | None, scale: float = 1.0, unit: str = "", digits: int = 4) -> str:
+        return "-" if stat is None else f"{scale * stat[0]:.{digits}g}{unit} ± {scale * stat[1]:.2g}{unit}"
 
     lines = ["method (task set, runs): total test loss | compute share | client s after warm-up | train TFLOPs | MB"]
     for row in summarise(runs, method_order):
         extra = row.extra.get
         lines.append(f"  {row.method} ({row.task_set}, {row.runs}): {cell(row.total)} | "
-                     f"{cell(extra('compute_share'), 100, '%')} | {cell(extra('steady_client_seconds'))} | "
+                     f"{cell(extra('compute_share'), 100, '%', 2)} | {cell(extra('steady_client_seconds'))} | "
                      f"{cell(extra('train_tflops'))} | {cell(extra('comm_mb'))}")
     return "\n".join(lines)
 
