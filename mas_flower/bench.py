@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from filelock import FileLock, Timeout
 from mas_flower.launch import check_app_dir, launch, own_superlink
 from mas_flower.results import RESULTS_FILE, write_json
 from mas_flower.suite import RunSpec, Suite, load_suite
-from mas_flower.summary import load_runs, write_summary
+from mas_flower.summary import load_runs, oracle_rank_text, summarise, timing, write_summary
 
 STATUS_FILE = "bench-status.json"
 
@@ -53,8 +54,10 @@ def run_suite(path: Path, dry_run: bool = False) -> int:
             failed = _run_all(suite, runs, env)
         finished = [suite.runs_dir / r.name for r in runs if (suite.runs_dir / r.name / RESULTS_FILE).is_file()]
         if finished:
-            csv_path, md_path = write_summary(suite.output, load_runs(finished), [m.label for m in suite.methods])
+            loaded = load_runs(finished)
+            csv_path, md_path = write_summary(suite.output, loaded, [m.label for m in suite.methods])
             print(f"summary: {csv_path} and {md_path}")
+            print(summary_lines(loaded, [m.label for m in suite.methods]))
     if failed:
         print(f"{len(failed)} of {len(runs)} runs failed: " + ", ".join(f"{n} ({s})" for n, s in failed.items()))
     return 1 if failed else 0
@@ -86,11 +89,56 @@ def _run_all(suite: Suite, runs: list[RunSpec], env: dict[str, str]) -> dict[str
         write_json(status_path, statuses)
         if status != "finished:completed":
             failed[run.name] = status
+        else:
+            print(f"[{k}/{len(runs)}] {run.name}: " + run_line(json.loads((run_dir / RESULTS_FILE).read_text()),
+                                                               seconds), flush=True)
         left = sum(1 for r in runs[k:] if not (suite.runs_dir / r.name / RESULTS_FILE).is_file())
         eta = sum(durations) / len(durations) * left
         print(f"[{k}/{len(runs)}] {run.name}: {status} in {_hms(seconds)} | elapsed "
               f"{_hms(time.monotonic() - started)}, ETA {_hms(eta)} ({left} left)", flush=True)
     return failed
+
+
+def run_line(results: dict, launch_seconds: float | None = None) -> str:
+    """One finished run in a line: total test loss, compute share (`mas_flower.summary.timing`), client
+    seconds, TFLOPs, MB; the fixed costs of its `flwr run`: the seconds outside the ServerApp (start-up:
+    Flower, Ray, the apps; shut-down) when `launch_seconds` (the whole `flwr run`) is given, and how much
+    longer its first round took than the median of the others; and an oracle's rank of MAS's choice."""
+    t = timing(results)
+    parts = [f"total test loss {results['total_test_loss']:.4f}"]
+    if t:
+        parts.append(f"compute share {100 * t['compute_share']:.0f}% (client s: {t['steady_client_seconds']:.1f} "
+                     f"after warm-up, {t['warmup_client_seconds']:.1f} warm-up round, "
+                     f"{results.get('client_setup_seconds') or 0.0:.1f} set-up)")
+    else:
+        parts.append(f"client s {results['client_train_seconds']:.1f}")
+    if results.get("train_tflops") is not None:
+        parts.append(f"{results['train_tflops']:.3g} train TFLOPs, {results.get('comm_mb', 0.0):.4g} MB")
+    fixed = []
+    if launch_seconds is not None:
+        fixed.append(f"{launch_seconds - results['wall_seconds']:.0f} s outside the ServerApp")
+    rounds = [float(h["seconds"]) for h in results.get("history") or [] if "seconds" in h]
+    if len(rounds) > 1:
+        fixed.append(f"first round +{rounds[0] - statistics.median(rounds[1:]):.1f} s over the median round")
+    if fixed:
+        parts.append("fixed: " + ", ".join(fixed))
+    if (rank := oracle_rank_text(results)) is not None:
+        parts.append(rank)
+    return "; ".join(parts)
+
+
+def summary_lines(runs: list, method_order: list[str]) -> str:
+    """The summary's timing and compute per method (mean ± std over seeds), as bench prints it."""
+    def cell(stat: tuple[float, float] | None, scale: float = 1.0, unit: str = "", digits: int = 4) -> str:
+        return "-" if stat is None else f"{scale * stat[0]:.{digits}g}{unit} ± {scale * stat[1]:.2g}{unit}"
+
+    lines = ["method (task set, runs): total test loss | compute share | client s after warm-up | train TFLOPs | MB"]
+    for row in summarise(runs, method_order):
+        extra = row.extra.get
+        lines.append(f"  {row.method} ({row.task_set}, {row.runs}): {cell(row.total)} | "
+                     f"{cell(extra('compute_share'), 100, '%', 2)} | {cell(extra('steady_client_seconds'))} | "
+                     f"{cell(extra('train_tflops'))} | {cell(extra('comm_mb'))}")
+    return "\n".join(lines)
 
 
 def _launch(suite: Suite, run: RunSpec, env: dict[str, str], log: Path) -> tuple[int | None, str]:

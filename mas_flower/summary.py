@@ -31,9 +31,39 @@ from mas_flower.results import RESULTS_FILE
 
 #: The method Δm% compares against.
 BASELINE = "one-by-one"
-#: Per-run numbers summarised when runs record them (issue 12: compute and communication).
+#: Per-run numbers summarised when runs record them (issue 12: compute and communication), and the
+#: timing figures derived from them (`timing`).
 OPTIONAL_SCALARS = ("train_tflops", "affinity_tflops", "eval_tflops", "comm_mb_down", "comm_mb_up", "comm_mb",
-                    "client_setup_seconds", "oracle_mas_rank")
+                    "client_setup_seconds", "warmup_client_seconds", "steady_client_seconds", "compute_share",
+                    "oracle_mas_rank")
+
+
+def timing(results: dict[str, Any]) -> dict[str, float]:
+    """The run's client time without its warm-up, and the share of the clients' time that is compute.
+
+    - `warmup_client_seconds`: the training-loop seconds of the run's first round (`history[0]`),
+      which pay a fresh process's first-use costs (lazy imports, allocator, caches);
+    - `steady_client_seconds` = `client_train_seconds` − `warmup_client_seconds`;
+    - `compute_share` = `steady_client_seconds` / (`client_train_seconds` + `client_setup_seconds`),
+      in [0, 1]: the part of all client seconds (training loops and their one-time set-up) spent in
+      training loops after the warm-up round, i.e. in per-sample compute.
+
+    Returns {} for a run whose history has no per-round `client_train_seconds` (older runs).
+    """
+    history = results.get("history") or []
+    warmup = history[0].get("client_train_seconds") if history else None
+    if warmup is None:
+        return {}
+    train = float(results["client_train_seconds"])
+    everything = train + float(results.get("client_setup_seconds") or 0.0)
+    steady = train - float(warmup)
+    return {"warmup_client_seconds": float(warmup), "steady_client_seconds": steady,
+            "compute_share": steady / everything if everything > 0 else 0.0}
+
+
+def run_scalars(results: dict[str, Any]) -> dict[str, Any]:
+    """results.json's `OPTIONAL_SCALARS` (None where the run has none), with the `timing` figures."""
+    return {**{k: results.get(k) for k in OPTIONAL_SCALARS}, **timing(results)}
 
 
 @dataclass(frozen=True)
@@ -136,6 +166,7 @@ def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Ro
         res = [r.results for r in group]
         baseline = groups.get((ts, BASELINE), [])
         metrics = _metric_stats(res, ts)
+        scalars = [run_scalars(r) for r in res]
         rows.append(Row(
             method=label, task_set=ts, runs=len(group),
             total=_stats(r["total_test_loss"] for r in res),
@@ -145,7 +176,8 @@ def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Ro
             co2_g=_stats(r["co2_g"] for r in res),
             tasks={t: _stats(r["test_loss"][t] for r in res) for t in ts},
             splits={r.seed: r.results.get("splits") for r in group},
-            extra={k: _stats(r[k] for r in res) for k in OPTIONAL_SCALARS if all(r.get(k) is not None for r in res)},
+            extra={k: _stats(sc[k] for sc in scalars) for k in OPTIONAL_SCALARS
+                   if all(sc.get(k) is not None for sc in scalars)},
             metrics=metrics,
             delta_m=_delta_m_stats(res, baseline, ts, _run_metrics) if metrics else None,
             delta_m_loss=_delta_m_stats(res, baseline, ts, _run_losses),
@@ -244,12 +276,13 @@ def write_runs_csv(path: Path, runs: list[Run]) -> Path:
                          *RUN_COLUMNS])
         for run in ordered:
             res, found = run.results, run.results.get("test_metrics") or {}
+            scalars = run_scalars(res)
             groups = res.get("splits") or []
             for t in run.task_set:
                 writer.writerow([
                     run.path.name, run.label, run.task_set, run.seed, t, " ".join(g for g in groups if t in g),
                     _g(res["test_loss"][t]), *(_cell(found.get(t, {}).get(m)) for m in metric_names),
-                    *(_cell(res.get(k)) for k in RUN_COLUMNS)])
+                    *(_cell(scalars.get(k, res.get(k))) for k in RUN_COLUMNS)])
     return path
 
 
@@ -262,7 +295,9 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
              f"{len(runs)} finished runs. Test loss per task (lower is better) and their total, as mean ± std "
              "over seeds (population std). Time: client training hours, summed over clients and rounds (the "
              "paper's GPU hours); wall: the ServerApp's wall-clock hours. Energy and CO2eq as results.json "
-             "records them."]
+             "records them. Client s (no warm-up): client training-loop seconds without the run's first round; "
+             "compute share: those seconds over all client seconds, set-up and first round included "
+             "(`mas_flower.summary.timing`)."]
     estimated = [r for r in runs if r.results.get("energy_estimated")]
     if estimated:
         lines.append(f"Energy is an **estimate**, not a measurement, in {len(estimated)} of {len(runs)} runs "
@@ -276,6 +311,8 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
         optional = [(head, get) for head, get in (
             ("Δm% metrics", lambda r: r.delta_m), ("Δm% loss", lambda r: r.delta_m_loss),
             ("Train TFLOPs", lambda r: r.extra.get("train_tflops")), ("Comm (MB)", lambda r: r.extra.get("comm_mb")),
+            ("Client s (no warm-up)", lambda r: r.extra.get("steady_client_seconds")),
+            ("Compute share", lambda r: r.extra.get("compute_share")),
         ) if any(get(row) is not None for row in part)]
         lines += ["", f"## Task set `{ts}`", "",
                   "| Method | Runs | Total Loss | " + "".join(f"{head} | " for head, _ in optional)
@@ -305,7 +342,29 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
                 cells = [",".join(row.splits[s] or []) if s in row.splits else "" for s in seeds]
                 cells = [f"`{c}`" if c else "" for c in cells]
                 lines.append(f"| {display_name(row.method)} | " + " | ".join(cells) + " |")
+        lines += _oracle_lines(ts, [run for run in runs if run.task_set == ts])
     return "\n".join(lines) + "\n"
+
+
+def oracle_rank_text(results: dict[str, Any]) -> str | None:
+    """`MAS's choice sd,nkt ranks 3 of 15 (total test loss 5.12; best s,dnkt 5.01)` for an oracle run,
+    None for other runs (`mas_flower.methods.oracle` writes the details)."""
+    d = results.get("details") or {}
+    if "oracle_mas_rank" not in d:
+        return None
+    best = d["oracle_partitions"][0]
+    return (f"MAS's choice {','.join(d['oracle_mas_partition'])} ranks {d['oracle_mas_rank']} of "
+            f"{d['oracle_partition_count']} (total test loss {d['oracle_mas_total_test_loss']:.4g}; best "
+            f"{','.join(best['groups'])} {best['total_test_loss']:.4g})")
+
+
+def _oracle_lines(ts: str, runs: list[Run]) -> list[str]:
+    found = sorted((run.label, run.seed, text) for run in runs if (text := oracle_rank_text(run.results)))
+    if not found:
+        return []
+    lines = ["", f"### Oracle on `{ts}`: where MAS's choice ranks among all partitions (1 = best test loss)", "",
+             "| Method | Seed | Rank of MAS's choice |", "|---|---:|---|"]
+    return lines + [f"| {display_name(label)} | {seed} | {text} |" for label, seed, text in found]
 
 
 def display_name(label: str, markdown: bool = True) -> str:

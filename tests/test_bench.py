@@ -103,8 +103,10 @@ def test_shipped_suites_are_valid(name: str) -> None:
                 rc["model"]) == (32, 5, 5, 100, 70, 10, 5, 64, 0.1, 256, "xception")
         assert suite.data_root is not None and suite.gpus_per_node > 0
     else:
-        assert labels == ["one-by-one", "fedavg", "fedprox", "gradnorm", "hoa-2", "tag-2", "mas-2", "mas-3"]
+        oracle = ["oracle-2"] if name == "quick-sdnkt" else []  # where MAS-2's choice ranks (issue 12)
+        assert labels == ["one-by-one", "fedavg", "fedprox", "gradnorm", "hoa-2", "tag-2", "mas-2", "mas-3", *oracle]
         assert suite.synthetic is not None and suite.gpus_per_node == 0
+        assert suite.run_config["batch-size"] >= 16 and suite.synthetic["views"] >= 192  # compute dominates
         r, r0 = suite.run_config["num-rounds"], suite.run_config["merge-rounds"]
         assert abs(r0 / r - 0.7) <= 0.05 and suite.run_config["affinity-rounds"] <= r0
     assert suite.task_sets == [name.split("-")[1]]
@@ -164,6 +166,11 @@ def test_tiny_suite_runs_and_summarises(private_homes, tmp_path_factory: pytest.
         assert float(row["total_loss_std"]) == 0.0
         assert float(row["test_loss_k_mean"]) == pytest.approx(results[name]["test_loss"]["k"], rel=1e-5)
         assert float(row["client_hours_mean"]) == pytest.approx(results[name]["client_train_seconds"] / 3600, rel=1e-5)
+        # the per-round client seconds add up to the run's, and the compute share comes from them
+        rounds = [h["client_train_seconds"] for h in results[name]["history"]]
+        assert sum(rounds) == pytest.approx(results[name]["client_train_seconds"])
+        everything = results[name]["client_train_seconds"] + results[name]["client_setup_seconds"]
+        assert float(row["compute_share_mean"]) == pytest.approx(sum(rounds[1:]) / everything, rel=1e-5)
     md = (out / "summary.md").read_text()
     assert md.index("| FedAvg\\* | 1 |") < md.index("| MAS-2 | 1 |")
     assert f"| MAS-2 | `{','.join(results['mas-x2-sdk-seed0']['splits'])}` |" in md

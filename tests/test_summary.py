@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mas_flower.bench import run_line
 from mas_flower.report import affinity_scale, cogrouping, make_report, provenance, task_order
 from mas_flower.results import RESULTS_FILE
-from mas_flower.summary import load_runs, summarise, write_summary
+from mas_flower.summary import load_runs, summarise, timing, write_summary
 
 CONFIG = {"model": "tiny", "image-size": 32, "num-rounds": 4, "merge-rounds": 3, "clients-per-round": 2,
           "local-epochs": 1, "batch-size": 4, "lr": 0.1, "affinity-rounds": 2, "affinity-every": 1}
@@ -138,3 +139,31 @@ def test_cogrouping_frequencies_and_shared_affinity_scale(suite: Path, tmp_path:
     assert [(r["task_i"], r["task_j"], r["together"], r["runs"]) for r in table] == [
         ("s", "d", "2", "3"), ("s", "k", "0", "3"), ("d", "k", "1", "3")]
     assert (tmp_path / "figures" / "runs.csv").is_file()
+
+
+def test_timing_leaves_out_the_warm_up_round_and_counts_set_up_in_the_share() -> None:
+    results = {"client_train_seconds": 10.0, "client_setup_seconds": 2.0,
+               "history": [{"round": 1, "client_train_seconds": 4.0}, {"round": 2, "client_train_seconds": 6.0}]}
+    # steady 10 - 4 = 6 s of 10 + 2 = 12 s
+    assert timing(results) == {"warmup_client_seconds": 4.0, "steady_client_seconds": 6.0, "compute_share": 0.5}
+    assert timing({**results, "history": [{"round": 1}]}) == {}  # an older run: no per-round client seconds
+
+
+def test_oracle_rank_in_the_summary_and_the_bench_line(tmp_path: Path) -> None:
+    partitions = [{"groups": ["s", "dk"], "total_test_loss": 2.5}, {"groups": ["sd", "k"], "total_test_loss": 3.0},
+                  {"groups": ["sk", "d"], "total_test_loss": 3.5}]
+    details = {"oracle_partitions": partitions, "oracle_mas_partition": ["sd", "k"], "oracle_mas_rank": 2,
+               "oracle_mas_total_test_loss": 3.0, "oracle_partition_count": 3}
+    _write_run(tmp_path, "oracle-x2-sdk-seed0", method="oracle", seed=0, test_loss={"s": 1.0, "d": 1.5, "k": 0.5},
+               splits=["sd", "k"], details=details, oracle_mas_rank=2, client_setup_seconds=800.0,
+               history=[{"round": 1, "seconds": 9.0, "client_train_seconds": 1200.0},
+                        {"round": 2, "seconds": 2.0, "client_train_seconds": 6000.0}])
+    runs = load_runs([tmp_path])
+    md = write_summary(tmp_path, runs)[1].read_text()
+    text = "MAS's choice sd,k ranks 2 of 3 (total test loss 3; best s,dk 2.5)"
+    assert f"| Oracle-2 | 0 | {text} |" in md
+    row = summarise(runs)[0]  # 7200 client s, 1200 of them in round 1, 800 s set-up: 6000 / 8000
+    assert row.extra["compute_share"] == (0.75, 0.0) and row.extra["oracle_mas_rank"] == (2.0, 0.0)
+    line = run_line(runs[0].results, launch_seconds=3630.0)
+    assert "compute share 75%" in line and "30 s outside the ServerApp" in line and text in line
+    assert "first round +7.0 s over the median round" in line

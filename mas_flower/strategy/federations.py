@@ -232,7 +232,9 @@ class ParallelFederations(Strategy):
         for fed in self.federations:
             book_train(self.ledger.accounts, self.settings, fed, accepted[fed.name])
         for views in accepted.values():
-            self.ledger.client_train_seconds += sum(float(m.content[P.METRICS][P.TRAIN_SECONDS]) for m in views)
+            seconds = sum(float(m.content[P.METRICS][P.TRAIN_SECONDS]) for m in views)
+            self.ledger.client_train_seconds += seconds
+            self.record["client_train_seconds"] = self.record.get("client_train_seconds", 0.0) + seconds
             self.ledger.precisions.update("bf16" if int(m.content[P.METRICS].get(P.BF16, 0)) else "fp32"
                                           for m in views)
         for reply in replies:
