@@ -23,7 +23,6 @@ import argparse
 import copy
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -181,12 +180,6 @@ def bench_energy(split, device, rows: list) -> None:
                  f"energy_estimated={report.estimated}; {report.method}"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _PeakGpuMemory:
     """Polls NVML for the device's used memory (all processes: Ray actors included)."""
 
@@ -212,10 +205,8 @@ class _PeakGpuMemory:
 
 
 def bench_flwr(data_root: Path, work: Path, rows: list, timeout: float) -> None:
-    env = {**os.environ, "FLWR_HOME": str(work / "flwr"), "MAS_FLOWER_HOME": str(work / "mas"),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port())}
+    # `mas_flower.launch` (= `mas-flower run`) starts and stops a SuperLink of its own, on free ports.
+    env = {**os.environ, "MAS_FLOWER_HOME": str(work / "mas"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     config = (f"method='mas' task-set='sdnkt' splits=2 num-rounds=2 merge-rounds=1 affinity-rounds=1 "
               f"clients-per-round=4 local-epochs=1 batch-size={SETUP['batch']} model='{SETUP['model']}' "
               f"image-size={SETUP['size']} "

@@ -334,10 +334,10 @@ def _deploy(plan: Plan, procs: ProcessSet, ports: list[int], deadline: float, re
     if "run_id" not in seen:
         raise DeployError(f"`flwr run` exited with code {run.popen.returncode} without starting a run")
     result.run_id = int(seen["run_id"])
-    result.status = final_status(result.run_id, env)
+    result.status, record = final_status(result.run_id, env)
     result.results_dir = find_results(plan, seen.get("results"), procs.state.get("started_at", 0.0))
     _say(out, f"run {result.run_id}: {result.status}")
-    result.traffic = compare_traffic(result.run_id, env, result.results_dir)
+    result.traffic = compare_traffic(record, result.results_dir)
     if result.traffic:
         _say(out, result.traffic["summary"])
     result.exit_code = 0 if result.status == "finished:completed" else 1
@@ -465,26 +465,26 @@ def _check_refused(intruders: tuple[Started, ...], procs: ProcessSet, deadline: 
          f"{len(online)} registered node ids {sorted(online)}")
 
 
-def final_status(run_id: int, env: dict[str, str]) -> str:
-    """The run's status from the SuperLink, waiting briefly for it to settle on `finished:...`."""
+def final_status(run_id: int, env: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The run's status from the SuperLink, waiting briefly for it to settle on `finished:...`, and
+    the run's whole `flwr ls` record (empty if the SuperLink listed none)."""
     deadline = time.monotonic() + STATUS_SECONDS
     while True:
         reply = _flwr_json(["ls", "--run-id", str(run_id)], env)
         runs = reply.get("runs") or []
         status = str(runs[0]["status"]) if runs else f"unknown ({reply.get('error-message', reply)})"
         if status.startswith("finished") or time.monotonic() > deadline:
-            return status
+            return status, runs[0] if runs else {}
         time.sleep(1.0)
 
 
-def compare_traffic(run_id: int, env: dict[str, str], results_dir: Path | None) -> dict[str, Any]:
-    """Flower's network traffic of the run (`flwr ls`: bytes in and out of the SuperLink) beside the
+def compare_traffic(record: dict[str, Any], results_dir: Path | None) -> dict[str, Any]:
+    """Flower's network traffic of the run (its `flwr ls` record: bytes in and out of the SuperLink) beside the
     run's own `comm_mb_*` (payload bytes of the records sent to and received from clients), written
     to `<run>/flower_traffic.json`. Flower's figures also count what ours leave out: message metadata
     and framing, the node-discovery queries, error replies and the ServerApp's own traffic with the
     SuperLink. Empty when either side is missing."""
-    runs = _flwr_json(["ls", "--run-id", str(run_id)], env).get("runs") or []
-    flower = runs[0].get("network-traffic") if runs else None
+    flower = record.get("network-traffic")
     if not flower or results_dir is None or not (results_dir / RESULTS_FILE).is_file():
         return {}
     ours = json.loads((results_dir / RESULTS_FILE).read_text())

@@ -17,10 +17,3 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 def stop_process_group(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM `pid` (e.g. the SuperLink) and every process it spawned, then SIGKILL what is left."""
     stop_trees([pid], grace=timeout)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
