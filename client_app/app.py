@@ -117,7 +117,7 @@ def evaluate_(msg: Message, context: Context) -> Message:
 def info(msg: Message, context: Context) -> Message:
     config = dict(msg.content[P.CONFIG])
     building = node_building(config, context)
-    sizes = building_data(config, context).sizes()
+    sizes = building_data(config, context, verify=True).sizes()
     reply = ConfigRecord({P.BUILDING: building, P.HOST: host_id(),
                           **{f"size-{k}": int(v) for k, v in sizes.items()}})
     return Message(content=RecordDict({P.CONFIG: reply}), reply_to=msg)

@@ -33,12 +33,16 @@ def node_building(config: dict, context: Context) -> str:
     return buildings[pid]
 
 
-def building_data(config: dict, context: Context) -> BuildingData:
+def building_data(config: dict, context: Context, *, verify: bool = False) -> BuildingData:
+    """This node's building. `verify` lists and stats every file (node discovery, once per run, does);
+    otherwise the index verified in this run is taken back from disk (mas_flower.data.index_cache):
+    a deployed node runs every message in a fresh process, and re-listing a big building cost each."""
     return _open(str(data_root(config, context)), node_building(config, context), str(config["all-tasks"]),
-                 int(config["image-size"]))
+                 int(config["image-size"]), f"run-{context.run_id}", verify)
 
 
 @lru_cache(maxsize=16)
-def _open(root: str, building: str, tasks: str, image_size: int) -> BuildingData:
+def _open(root: str, building: str, tasks: str, image_size: int, token: str, verify: bool) -> BuildingData:
     # Read-only data keyed by building, not per-node state: safe to share across nodes of one process.
-    return open_building(Path(root), building, tasks, image_size, cache_dir=home() / "cache")
+    return open_building(Path(root), building, tasks, image_size, cache_dir=home() / "cache",
+                         index_token=token, reuse_index=not verify)

@@ -14,27 +14,46 @@ import numpy as np
 import torch
 
 from mas_flower.data.batching import RawBatch, decode_batch, device_batches
-from mas_flower.data.prepare import index_building, load_arrays
+from mas_flower.data.cache import ArrayStore
+from mas_flower.data.index_cache import load_index, save_index
+from mas_flower.data.prepare import array_names, index_building, load_arrays
 from mas_flower.data.split import DEFAULT_FRACTIONS, SPLIT_NAMES, check_fractions, split_points
 from mas_flower.tasks import Task, needs_mask, parse_tasks
 
 
 def open_building(root: Path, building: str, tasks: str, image_size: int, *,
                   fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
-                  cache_dir: Path | None = None) -> BuildingData:
+                  cache_dir: Path | None = None, index_token: str | None = None,
+                  reuse_index: bool = False) -> BuildingData:
     """Index, validate and (once per cache) decode one building for the given task letters.
 
     `cache_dir` None keeps decoded samples in this process's memory only; with a folder, they are
-    also memory-mapped from disk, shared by later runs and by concurrent processes. Raises DataError
-    naming the file, folder or building (e.g. too few camera points for a non-empty val/test split).
+    also memory-mapped from disk, shared by later runs and by concurrent processes. With a folder and
+    an `index_token` (the ClientApp passes the Flower run id), the checked index is saved there, and
+    an open with `reuse_index` and the same token takes it back instead of listing and statting every
+    file again (`mas_flower.data.index_cache` says when it is trusted). Raises DataError naming the
+    file, folder or building (e.g. too few camera points for a non-empty val/test split).
     """
     task_list = parse_tasks(tasks)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     fractions = check_fractions(fractions)
+    letters = "".join(t.letter for t in task_list)
+    store = ArrayStore(Path(root), building, image_size, None if cache_dir is None else Path(cache_dir))
+    if reuse_index and index_token is not None and store.directory is not None:
+        saved = load_index(store.directory, index_token, letters)
+        if saved is not None:
+            keys, names = saved
+            arrays = {entry: store.get(name) for entry, name in names.items()}
+            if all(a is not None and len(a) == len(keys) for a in arrays.values()):
+                return BuildingData(building, task_list, image_size, keys, arrays, fractions)  # type: ignore[arg-type]
     index = index_building(Path(root), building, task_list)
     split_points(building, [p for p, _ in index.keys], fractions)  # an empty split fails before any decoding
-    arrays = load_arrays(index, image_size, None if cache_dir is None else Path(cache_dir))
+    names = array_names(index, image_size)
+    arrays = load_arrays(index, image_size, None if cache_dir is None else Path(cache_dir), names)
+    if index_token is not None and store.directory is not None:
+        folders = [index.root, *sorted({files[0].parent for files in index.files.values()})]
+        save_index(store.directory, index_token, letters, index.keys, names, folders)
     return BuildingData(building, task_list, image_size, index.keys, arrays, fractions)
 
 

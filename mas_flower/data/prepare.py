@@ -114,13 +114,20 @@ def index_building(root: Path, building: str, tasks: list[Task]) -> BuildingInde
     return BuildingIndex(layout.root, building, keys, files, entries)
 
 
-def load_arrays(index: BuildingIndex, image_size: int, cache_dir: Path | None) -> dict[str, np.ndarray]:
-    """Every entry's array (N, C, S, S), from the cache or built (once, under the store's lock)."""
-    store = ArrayStore(index.root, index.building, image_size, cache_dir)
+def array_names(index: BuildingIndex, image_size: int) -> dict[str, str]:
+    """Each entry's stored name, whose fingerprint covers the name, size and mtime of every source file."""
     names = {}
     for e in index.entries:
         sources = index.files[e.domain] + (index.files[e.mask_by] if e.mask_by and e.mask_by != e.domain else [])
         names[e.name] = e.stored_name(fingerprint(index.root, sources, f"{image_size}"))
+    return names
+
+
+def load_arrays(index: BuildingIndex, image_size: int, cache_dir: Path | None,
+                names: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Every entry's array (N, C, S, S), from the cache or built (once, under the store's lock)."""
+    store = ArrayStore(index.root, index.building, image_size, cache_dir)
+    names = array_names(index, image_size) if names is None else names
     arrays = {e.name: store.get(names[e.name]) for e in index.entries}
     if any(a is None for a in arrays.values()):
         with store.building_lock():
