@@ -18,6 +18,7 @@ from mas_flower import protocol as P
 from mas_flower.energy import EnergyMeter, host_id
 from mas_flower.metrics import TaskMetrics
 from mas_flower.models import build_model
+from mas_flower.settings import home
 from mas_flower.training import TrainConfig, evaluate, make_weighting, pick_device, train_local
 
 app = ClientApp()
@@ -82,7 +83,8 @@ def train(msg: Message, context: Context) -> Message:
     meter = None
     if bool(shared.get("measure-energy", False)):  # on its own machine: this node meters its training
         meter = EnergyMeter(country=str(shared["energy-country"]) or None,
-                            intensity_g_per_kwh=float(shared["energy-intensity"]) or None)
+                            intensity_g_per_kwh=float(shared["energy-intensity"]) or None,
+                            probe_cache=home() / "cache")
         meter.start()
     content = RecordDict()
     for name, config in federations(msg):

@@ -238,3 +238,35 @@ def test_rapl_devices_are_summed_and_count_as_measured(tmp_path: Path, monkeypat
     assert r.extra["carbontracker_kwh"] == pytest.approx(r.energy_kwh / 2, rel=0.05)  # it averages the two
     assert stop_s < 1.5  # at most one 1 s RAPL sample in flight
     assert tracker_threads() == []
+
+
+def test_the_hardware_probe_is_kept_per_machine_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh process per deployed message: with a probe cache, only the first one probes (py-cpuinfo's
+    subprocess, NVML, RAPL); the others read the same answer, and measure the same way."""
+    cache = tmp_path / "cache"
+    first = EnergyMeter(probe_cache=cache)
+    with first:
+        busy(0.05)
+    saved = list(cache.glob("energy-probe-*.json"))
+    assert len(saved) == 1
+
+    def no_probe(name: str):
+        raise AssertionError(f"probed {name} again although the probe was saved")
+
+    monkeypatch.setattr(energy, "_probe", no_probe)
+    again = EnergyMeter(probe_cache=cache)
+    with again:
+        busy(0.05)
+    assert again.report.method == first.report.method and again.report.estimated == first.report.estimated
+
+    # Other visible GPUs are another answer: probed anew (here the probe is ours, counting).
+    calls: list[str] = []
+    monkeypatch.setattr(energy, "_probe", lambda name: calls.append(name) or energy._Part(name, "", False))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    EnergyMeter(probe_cache=cache).start()
+    assert calls == ["gpu", "cpu"] and len(list(cache.glob("energy-probe-*.json"))) == 2
+    saved[0].write_text("{not json")  # a damaged file is probed again, not trusted
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    calls.clear()
+    EnergyMeter(probe_cache=cache).start()
+    assert calls == ["gpu", "cpu"]

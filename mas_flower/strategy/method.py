@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from mas_flower.energy import EnergyMeter
 from mas_flower.live import append_live
 from mas_flower.methods import Method, StageOutcome
+from mas_flower.settings import home
 from mas_flower.strategy.aggregators import StrategyFactory
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from mas_flower.strategy.federations import ParallelFederations, initial_states, join_arrays, split_arrays
@@ -129,7 +130,8 @@ class MethodStrategy(Strategy):
             self.roster.discover(grid)
         s = self.settings
         meter = EnergyMeter(self.run_dir / "carbontracker" if self.run_dir else None,
-                            country=s.energy_country or None, intensity_g_per_kwh=s.energy_intensity or None)
+                            country=s.energy_country or None, intensity_g_per_kwh=s.energy_intensity or None,
+                            probe_cache=home() / "cache")
         self.ledger.sessions += 1
         if len(self.remote) < len(self.nodes):
             meter.start()
