@@ -24,8 +24,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 PROCESS = r"""
@@ -71,6 +74,43 @@ def process_costs(root: Path, work: Path, repeats: int) -> None:
         print(f"  {name:36s} {statistics.median(values[1:]):7.3f}")
 
 
+class ClientAppWatch:
+    """Samples every `flwr-clientapp` process on this machine (every 0.1 s): when it was first and last
+    seen alive and the CPU seconds it had used by then."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, float], list[float]] = {}  # (pid, create time) -> [first, last, cpu]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ClientAppWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            now = time.time()
+            for proc in psutil.process_iter(["pid", "cmdline", "create_time", "cpu_times"]):
+                cmd = proc.info["cmdline"] or []
+                if any(part.endswith("flwr-clientapp") for part in cmd[:2]) and proc.info["cpu_times"]:
+                    cpu = proc.info["cpu_times"].user + proc.info["cpu_times"].system
+                    entry = self.seen.setdefault((proc.info["pid"], proc.info["create_time"]),
+                                                 [proc.info["create_time"], now, cpu])
+                    entry[1], entry[2] = now, cpu
+
+    def summary(self) -> str:
+        if not self.seen:
+            return "no flwr-clientapp process seen"
+        lives = [last - first for first, last, _ in self.seen.values()]
+        cpus = [cpu for _, _, cpu in self.seen.values()]
+        return (f"{len(lives)} flwr-clientapp processes, lifetime median {statistics.median(lives):.1f} s "
+                f"(max {max(lives):.1f}), CPU median {statistics.median(cpus):.1f} s")
+
+
 def deployed_rounds(root: Path, work: Path, args: argparse.Namespace) -> None:
     from mas_flower.deploy import run_deployment
 
@@ -80,7 +120,8 @@ def deployed_rounds(root: Path, work: Path, args: argparse.Namespace) -> None:
         config = (f"method='mas' task-set='sdk' splits={args.splits} num-rounds={rounds} "
                   f"merge-rounds={args.merge_rounds} affinity-rounds=1 batch-size=4 image-size=32 "
                   f"clients-per-round={args.clients_per_round} output-dir='{work / 'out'}' run-name='bench-{i}'")
-        result = run_deployment(args.nodes, config, data_root=str(root), timeout=1800, out=io.StringIO())
+        with ClientAppWatch() as watch:
+            result = run_deployment(args.nodes, config, data_root=str(root), timeout=1800, out=io.StringIO())
         if result.exit_code != 0:
             raise SystemExit(f"deploy-local failed: {result.error} (logs in {result.deploy_dir})")
         history = json.loads((result.results_dir / "results.json").read_text())["history"]
@@ -88,6 +129,7 @@ def deployed_rounds(root: Path, work: Path, args: argparse.Namespace) -> None:
         split = [h["seconds"] for h in history if h["phase"] != "merge"]
         ratio = statistics.median(split) / statistics.median(merge[1:])
         ratios.append(ratio)
+        print(f"run {i}: {watch.summary()}")
         print(f"run {i}: merge rounds {' '.join(f'{s:.1f}' for s in merge)} s; split rounds "
               f"{' '.join(f'{s:.1f}' for s in split)} s; median split {statistics.median(split):.1f} s / "
               f"median merge (without round 1) {statistics.median(merge[1:]):.1f} s = {ratio:.2f}x")

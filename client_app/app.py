@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from client_app.node import building_data, node_building
 from mas_flower import protocol as P
+from mas_flower import wire
 from mas_flower.energy import EnergyMeter, host_id
 from mas_flower.metrics import TaskMetrics
 from mas_flower.models import build_model
@@ -40,7 +41,8 @@ def federations(msg: Message) -> list[tuple[str, dict]]:
 
 def _network(msg: Message, name: str, config: dict) -> torch.nn.Module:
     net = build_model(str(config["model"]), str(config["tasks"]), image_size=int(config["image-size"]))
-    net.load_state_dict(msg.content[P.record_key(P.ARRAYS, name)].to_torch_state_dict())
+    arrays = wire.unpacked(msg.content[P.record_key(P.ARRAYS, name)], net.state_dict(), what=f"federation {name!r}")
+    net.load_state_dict(arrays.to_torch_state_dict())
     return net
 
 
@@ -74,7 +76,7 @@ def _train_one(msg: Message, name: str, config: dict, context: Context) -> tuple
     if result.affinity is not None:
         metrics[P.AFFINITY] = np.asarray(result.affinity, dtype=float).ravel().tolist()
         metrics[P.AFFINITY_COUNT] = result.affinity_count
-    return ArrayRecord(net.state_dict()), MetricRecord(metrics)
+    return wire.pack(ArrayRecord(net.state_dict())), MetricRecord(metrics)
 
 
 @app.train()

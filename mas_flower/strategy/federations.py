@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from mas_flower import protocol as P
+from mas_flower import wire
 from mas_flower.methods.base import FederationSpec, Stage, State
 from mas_flower.models import build_model
 from mas_flower.settings import Settings
@@ -156,6 +157,7 @@ class ParallelFederations(Strategy):
                                                              **self.shared_train_config(server_round, nid)})})
                     for nid in sampled}
         self._sent, self._sent_to = {}, {}
+        packed: dict[int, ArrayRecord] = {}  # one packing per record object (strategies may share one)
         for fed in self.federations:
             self._sent[fed.name] = per_fed[fed.name]
             messages = self.strategies[fed.name].configure_train(
@@ -168,7 +170,8 @@ class ParallelFederations(Strategy):
                 fed_config = {**dict(_only(content.config_records)),
                               "seed": stable_seed(self.settings.seed, "train", fed.name, server_round - 1,
                                                   self.roster.nodes[nid])}
-                contents[nid][P.record_key(P.ARRAYS, fed.name)] = _only(content.array_records)
+                record = _only(content.array_records)
+                contents[nid][P.record_key(P.ARRAYS, fed.name)] = packed.setdefault(id(record), wire.pack(record))
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = ConfigRecord(fed_config)
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.TRAIN)
                 for nid, c in contents.items() if len(c.config_records) > 1]
@@ -185,7 +188,7 @@ class ParallelFederations(Strategy):
             for nid in self._sent_to[fed.name]:
                 reply = by_node.get(nid)
                 view, reason = _screened(reply, fed.name, lambda v, fed=fed: reject_train_reply(
-                    v, self._sent[fed.name], fed.tasks, self.lr(server_round)), train=True)
+                    v, self._sent[fed.name], fed.tasks, self.lr(server_round)), sent=self._sent[fed.name])
                 if reason is None:
                     accepted[fed.name].append(view)
                 else:
@@ -258,6 +261,7 @@ class ParallelFederations(Strategy):
         contents = {nid: RecordDict({P.CONFIG: ConfigRecord(shared)}) for nid in nodes}
         per_fed = split_arrays(arrays)
         self._sent_to = {}
+        packed: dict[int, ArrayRecord] = {}
         for fed in self.federations:
             messages = self.strategies[fed.name].configure_evaluate(
                 server_round, per_fed[fed.name], ConfigRecord({"tasks": fed.tasks, "federation": fed.name}),
@@ -265,7 +269,8 @@ class ParallelFederations(Strategy):
             by_node = {m.metadata.dst_node_id: m.content for m in messages}
             self._sent_to[fed.name] = [nid for nid in nodes if nid in by_node]
             for nid in self._sent_to[fed.name]:
-                contents[nid][P.record_key(P.ARRAYS, fed.name)] = _only(by_node[nid].array_records)
+                record = _only(by_node[nid].array_records)
+                contents[nid][P.record_key(P.ARRAYS, fed.name)] = packed.setdefault(id(record), wire.pack(record))
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = _only(by_node[nid].config_records)
         self._eval_split = str(shared["split"])
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.EVALUATE)
@@ -282,8 +287,7 @@ class ParallelFederations(Strategy):
             good = []
             for nid in self._sent_to[fed.name]:
                 reply = by_node.get(nid)
-                view, reason = _screened(reply, fed.name, lambda v, fed=fed: reject_evaluate_reply(v, fed.tasks),
-                                         train=False)
+                view, reason = _screened(reply, fed.name, lambda v, fed=fed: reject_evaluate_reply(v, fed.tasks))
                 if reason is None:
                     good.append(view)
                 else:
@@ -410,22 +414,27 @@ def _only(records: Any) -> Any:
 
 
 def _screened(reply: Message | None, federation: str, reject: Callable[[Message], str | None], *,
-              train: bool) -> tuple[Message | None, str | None]:
+              sent: ArrayRecord | None = None) -> tuple[Message | None, str | None]:
     """A node's reply cut to one federation (`_view`) and why it must not be aggregated (None: it may)."""
     if reply is None:
         return None, "no reply in time"
     if reply.has_error():
         return None, f"client error: {reply.error.reason}"
-    view = _view(reply, federation, train=train)
+    try:
+        view = _view(reply, federation, sent=sent)
+    except wire.LayoutMismatch as err:
+        return None, str(err)
     return view, reject(view)
 
 
-def _view(reply: Message, federation: str, *, train: bool) -> Message:
+def _view(reply: Message, federation: str, *, sent: ArrayRecord | None = None) -> Message:
     """One federation's part of a node's reply, shaped as a Flower strategy expects a reply:
-    one ArrayRecord (train) and one MetricRecord, under our standard keys."""
+    one plain ArrayRecord (train replies: unpacked by the layout of `sent`) and one MetricRecord,
+    under our standard keys."""
     content = RecordDict()
-    if train and P.record_key(P.ARRAYS, federation) in reply.content.array_records:
-        content[P.ARRAYS] = reply.content[P.record_key(P.ARRAYS, federation)]
+    if sent is not None and P.record_key(P.ARRAYS, federation) in reply.content.array_records:
+        content[P.ARRAYS] = wire.unpacked(reply.content[P.record_key(P.ARRAYS, federation)], sent,
+                                          what=f"federation {federation!r}")
     if P.record_key(P.METRICS, federation) in reply.content.metric_records:
         content[P.METRICS] = reply.content[P.record_key(P.METRICS, federation)]
     return Message(content=content, metadata=copy.copy(reply.metadata))
