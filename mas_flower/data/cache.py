@@ -5,7 +5,7 @@ Decoding 512x512 PNGs costs milliseconds per file, far more than a small model's
 in the domain's native dtype (uint8/uint16): compact, and exact enough because the affine decode of
 tasks.py commutes with resizing and is applied per batch. Disk entries are written to a temporary
 file and renamed, so a killed run never leaves a half entry that looks complete; a per-building file
-lock makes concurrent processes (Ray workers) build an entry once and wait for each other.
+lock (`filelock`) makes concurrent processes (Ray workers) build an entry once and wait for each other.
 """
 
 from __future__ import annotations
@@ -20,11 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - non-POSIX: fall back to in-process locking only
-    fcntl = None  # type: ignore[assignment]
+from filelock import FileLock
 
 #: Bump when the stored content changes meaning (resizing rule, layout), to orphan old entries.
 FORMAT_VERSION = 1
@@ -97,17 +93,13 @@ class ArrayStore:
         with _memory_lock:
             tlock = _build_locks.setdefault(self._key, threading.Lock())
         with tlock:
-            if self.directory is None or fcntl is None:
+            if self.directory is None:
                 yield
                 return
             self.directory.mkdir(parents=True, exist_ok=True)
-            with open(self.directory / ".lock", "a+b") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                try:
-                    self._remove_stale_temporaries()
-                    yield
-                finally:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            with FileLock(self.directory / ".lock"):
+                self._remove_stale_temporaries()
+                yield
 
     def _remove_stale_temporaries(self) -> None:
         # Only the lock holder writes, so any temporary seen now was left by a killed writer.
