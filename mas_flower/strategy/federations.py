@@ -157,7 +157,6 @@ class ParallelFederations(Strategy):
                                                              **self.shared_train_config(server_round, nid)})})
                     for nid in sampled}
         self._sent, self._sent_to = {}, {}
-        packed: dict[int, ArrayRecord] = {}  # one packing per record object (strategies may share one)
         for fed in self.federations:
             self._sent[fed.name] = per_fed[fed.name]
             messages = self.strategies[fed.name].configure_train(
@@ -165,13 +164,13 @@ class ParallelFederations(Strategy):
                 NodesView(grid, sampled))
             by_node = {m.metadata.dst_node_id: m.content for m in messages}
             self._sent_to[fed.name] = [nid for nid in sampled if nid in by_node]
+            packed: dict[int, ArrayRecord] = {}
             for nid in self._sent_to[fed.name]:
                 content = by_node[nid]
                 fed_config = {**dict(_only(content.config_records)),
                               "seed": stable_seed(self.settings.seed, "train", fed.name, server_round - 1,
                                                   self.roster.nodes[nid])}
-                record = _only(content.array_records)
-                contents[nid][P.record_key(P.ARRAYS, fed.name)] = packed.setdefault(id(record), wire.pack(record))
+                contents[nid][P.record_key(P.ARRAYS, fed.name)] = _packed(_only(content.array_records), packed)
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = ConfigRecord(fed_config)
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.TRAIN)
                 for nid, c in contents.items() if len(c.config_records) > 1]
@@ -261,16 +260,15 @@ class ParallelFederations(Strategy):
         contents = {nid: RecordDict({P.CONFIG: ConfigRecord(shared)}) for nid in nodes}
         per_fed = split_arrays(arrays)
         self._sent_to = {}
-        packed: dict[int, ArrayRecord] = {}
         for fed in self.federations:
             messages = self.strategies[fed.name].configure_evaluate(
                 server_round, per_fed[fed.name], ConfigRecord({"tasks": fed.tasks, "federation": fed.name}),
                 NodesView(grid, nodes))
             by_node = {m.metadata.dst_node_id: m.content for m in messages}
             self._sent_to[fed.name] = [nid for nid in nodes if nid in by_node]
+            packed: dict[int, ArrayRecord] = {}
             for nid in self._sent_to[fed.name]:
-                record = _only(by_node[nid].array_records)
-                contents[nid][P.record_key(P.ARRAYS, fed.name)] = packed.setdefault(id(record), wire.pack(record))
+                contents[nid][P.record_key(P.ARRAYS, fed.name)] = _packed(_only(by_node[nid].array_records), packed)
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = _only(by_node[nid].config_records)
         self._eval_split = str(shared["split"])
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.EVALUATE)
@@ -411,6 +409,14 @@ def _only(records: Any) -> Any:
     """The single record of a RecordDict's typed view (a Flower strategy's message holds one of each)."""
     (value,) = records.values()
     return value
+
+
+def _packed(record: ArrayRecord, done: dict[int, ArrayRecord]) -> ArrayRecord:
+    """`wire.pack(record)`, once per record object: a Flower strategy usually gives every node the same
+    one. `done` lives while the strategy's messages do, so no id is reused meanwhile."""
+    if id(record) not in done:
+        done[id(record)] = wire.pack(record)
+    return done[id(record)]
 
 
 def _screened(reply: Message | None, federation: str, reject: Callable[[Message], str | None], *,
