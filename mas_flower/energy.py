@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mas_flower.files import write_text_atomic
+
 #: Fallback when carbontracker cannot run at all: assumed power of one training process (W).
 ASSUMED_CLIENT_WATTS = 30.0
 #: carbontracker's `constants.PUE_2023` (read from it at run time when it imports).
@@ -263,9 +265,7 @@ def _probed_parts(names: tuple[str, ...], cache_dir: Path | None) -> tuple[_Part
     if any(n not in saved for n in names):
         saved.update({n: _probe(n) for n in names})
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps([vars(p) for p in saved.values()]))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps([vars(p) for p in saved.values()]))
     return tuple(saved[n] for n in names)
 
 

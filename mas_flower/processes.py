@@ -21,6 +21,8 @@ from typing import Any
 
 import psutil
 
+from mas_flower.files import write_text_atomic
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -150,9 +152,7 @@ class ProcessSet:
     def write(self) -> None:
         payload = {**self.state, "started": [{"name": p.name, "pid": p.pid, **p.info} for p in self.started],
                    "processes": list(self.seen.values())}
-        tmp = self.pid_file.with_name(f".{self.pid_file.name}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, self.pid_file)
+        write_text_atomic(self.pid_file, json.dumps(payload, indent=2) + "\n")
 
     def alive(self) -> list[int]:
         """Pids of this set (started or descendant) that still run."""

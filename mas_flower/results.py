@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mas_flower.files import write_text_atomic
 from mas_flower.settings import Settings, home
 
 RESULTS_FILE = "results.json"
@@ -22,9 +23,7 @@ RESULTS_FILE = "results.json"
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
 
 
 def save_torch(path: Path, payload: Any) -> None:

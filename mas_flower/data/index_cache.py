@@ -16,13 +16,12 @@ discovery (`client_app/node.py`), so every run still verifies every file once pe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 from mas_flower.data.layout import ViewKey
+from mas_flower.files import write_text_atomic
 
 #: Bump when the saved fields change meaning.
 FORMAT = 1
@@ -42,14 +41,7 @@ def save_index(directory: Path, token: str, tasks: str, keys: list[ViewKey], nam
     directory.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT, "token": token, "tasks": tasks, "keys": [list(k) for k in keys],
               "names": names, "folders": _folder_times(folders)}
-    final = _path(directory, tasks)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    write_text_atomic(_path(directory, tasks), json.dumps(record))
 
 
 def load_index(directory: Path, token: str, tasks: str) -> tuple[list[ViewKey], dict[str, str]] | None:
