@@ -8,7 +8,7 @@ more than a small network's whole local training. A deployed SuperNode runs ever
 `LocalSGD` keeps the momentum buffers itself and calls the very function `torch.optim.SGD.step`
 calls, with the same arguments, so its updates are bit-identical to `torch.optim.SGD(params, lr,
 momentum, weight_decay=...)` with the defaults dampening 0, no Nesterov, no maximise, foreach/fused
-chosen by torch (`tests/test_optim_step.py`). Parameters without a gradient are skipped, as there.
+chosen by torch (`tests/test_local_sgd.py`). Parameters without a gradient are skipped, as there.
 It has no closure, hooks, profiler label or `state_dict`: local training needs none of them (the
 optimiser starts afresh every round, as in the reference code).
 """

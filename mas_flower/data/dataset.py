@@ -39,7 +39,8 @@ def open_building(root: Path, building: str, tasks: str, image_size: int, *,
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     fractions = check_fractions(fractions)
     letters = "".join(t.letter for t in task_list)
-    store = ArrayStore(Path(root), building, image_size, None if cache_dir is None else Path(cache_dir))
+    cache_dir = None if cache_dir is None else Path(cache_dir)
+    store = ArrayStore(Path(root), building, image_size, cache_dir)
     if reuse_index and index_token is not None and store.directory is not None:
         saved = load_index(store.directory, index_token, letters)
         if saved is not None:
@@ -50,7 +51,7 @@ def open_building(root: Path, building: str, tasks: str, image_size: int, *,
     index = index_building(Path(root), building, task_list)
     split_points(building, [p for p, _ in index.keys], fractions)  # an empty split fails before any decoding
     names = array_names(index, image_size)
-    arrays = load_arrays(index, image_size, None if cache_dir is None else Path(cache_dir), names)
+    arrays = load_arrays(index, image_size, cache_dir, names)
     if index_token is not None and store.directory is not None:
         folders = [index.root, *sorted({files[0].parent for files in index.files.values()})]
         save_index(store.directory, index_token, letters, index.keys, names, folders)

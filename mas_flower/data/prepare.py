@@ -124,10 +124,10 @@ def array_names(index: BuildingIndex, image_size: int) -> dict[str, str]:
 
 
 def load_arrays(index: BuildingIndex, image_size: int, cache_dir: Path | None,
-                names: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    """Every entry's array (N, C, S, S), from the cache or built (once, under the store's lock)."""
+                names: dict[str, str]) -> dict[str, np.ndarray]:
+    """Every entry's array (N, C, S, S) under its stored name (`array_names`), from the cache or built
+    (once, under the store's lock)."""
     store = ArrayStore(index.root, index.building, image_size, cache_dir)
-    names = array_names(index, image_size) if names is None else names
     arrays = {e.name: store.get(names[e.name]) for e in index.entries}
     if any(a is None for a in arrays.values()):
         with store.building_lock():
