@@ -7,7 +7,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
 from mas_flower import protocol as P
+from mas_flower.defaults import load_settings
+from mas_flower.flops import NetworkFlops
 from mas_flower.live import append_live, read_live
+from mas_flower.methods.base import FederationSpec
+from mas_flower.strategy import accounting
 from mas_flower.strategy.accounting import Accounts, content_bytes, take_metric_sums
 
 
@@ -72,3 +76,59 @@ def test_a_checkpointed_ledger_from_before_the_accounts_resumes_with_empty_books
     assert restored.client_train_seconds == 2.0 and restored.accounts == Accounts()
     kept = pickle.loads(pickle.dumps(Ledger(accounts=Accounts(bytes_up=5))))
     assert kept.accounts.bytes_up == 5
+
+
+# book_train / book_eval on hand-made per-sample figures ---------------------------------------------
+
+#: Per-sample FLOPs, all different, so that a dropped or swapped factor changes every total:
+#: train 10, eval 3, exact lookahead 7 per sample; first-order 2 per sample + 100 per batch.
+FIGURES = NetworkFlops(model="tiny", tasks="sk", image_size=32, weighting="gradnorm", train=10.0, eval=3.0,
+                       affinity=7.0, affinity_first_order=2.0, affinity_first_order_per_batch=100.0)
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """`FIGURES` for every network; the arguments `_flops` measured with are recorded."""
+    asked: list[tuple] = []
+
+    def network_flops(model: str, tasks: str, image_size: int, weighting: str, *, cache_dir) -> NetworkFlops:
+        asked.append((model, tasks, image_size, weighting))
+        return FIGURES
+
+    monkeypatch.setattr(accounting, "network_flops", network_flops)
+    return asked
+
+
+def _train_views() -> list[Message]:
+    # client A: 5 examples, a lookahead over 8 samples in 2 batches; client B: 4 examples, no lookahead
+    return [_reply({P.NUM_EXAMPLES: 5, P.AFFINITY_SAMPLES: 8, P.AFFINITY_COUNT: 2, P.SETUP_SECONDS: 0.25}),
+            _reply({P.NUM_EXAMPLES: 4, P.SETUP_SECONDS: 0.5})]
+
+
+@pytest.mark.parametrize(("mode", "lookahead"), [
+    ("exact", 7 * 8),  # 7 per lookahead sample × 8 samples = 56 (swapped with the 2 batches: 14)
+    ("first_order", 2 * 8 + 100 * 2),  # 16 + 200 = 216 (swapped: 2 × 2 + 100 × 8 = 804)
+])
+def test_book_train_charges_epochs_times_examples_plus_the_lookahead(figures: list[tuple], mode: str,
+                                                                     lookahead: int) -> None:
+    settings = load_settings({}, {"local-epochs": 3, "affinity-mode": mode, "task-set": "sdk", "image-size": 32,
+                                  "model": "tiny"})
+    fed = FederationSpec("sk", "sk", weighting="gradnorm")
+    acc = Accounts(train_flops=1000.0, affinity_flops=40.0, eval_flops=9.0, client_setup_seconds=1.0)
+    accounting.book_train(acc, settings, fed, _train_views())
+    # 10 FLOPs × 3 epochs × (5 + 4) examples = 270, plus the lookahead, on top of the 1000 booked before
+    assert acc.train_flops == 1000 + 270 + lookahead
+    assert acc.affinity_flops == 40 + lookahead
+    assert acc.eval_flops == 9.0 and acc.client_setup_seconds == 1.0 + 0.25 + 0.5
+    assert figures == [("tiny", "sk", 32, "gradnorm")]  # the federation's network, not the task set's
+
+
+def test_book_eval_charges_forward_passes_only(figures: list[tuple]) -> None:
+    settings = load_settings({}, {"local-epochs": 3, "task-set": "sdk", "image-size": 32, "model": "tiny"})
+    acc = Accounts(train_flops=1000.0, eval_flops=9.0)
+    views = [_reply({P.NUM_EXAMPLES: 5, P.AFFINITY_SAMPLES: 8, P.AFFINITY_COUNT: 2}), _reply({P.NUM_EXAMPLES: 4})]
+    accounting.book_eval(acc, settings, FederationSpec("sk", "sk", weighting="gradnorm"), views)
+    # 3 forward FLOPs × (5 + 4) samples = 27, once (no epochs, no lookahead, not the 10 of a training step)
+    assert acc.eval_flops == 9 + 27
+    assert acc.train_flops == 1000.0 and acc.affinity_flops == 0.0
+    assert figures == [("tiny", "sk", 32, "gradnorm")]
