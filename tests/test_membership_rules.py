@@ -21,11 +21,13 @@ from mas_flower.strategy.run import NodeRoster, RoundFailed
 
 
 class ScriptedGrid(Grid):
-    """Lists `nodes` (id -> building); a node answers the info query with its building, unless its id
-    is in `down` (Flower then answers "Node Unavailable" for it)."""
+    """Lists `nodes` (id -> building); a node answers the info query with its building and its test
+    split's size (`test_sizes`, default 2), unless its id is in `down` (Flower then answers "Node
+    Unavailable" for it)."""
 
-    def __init__(self, nodes: dict[int, str]) -> None:
+    def __init__(self, nodes: dict[int, str], test_sizes: dict[int, int] | None = None) -> None:
         self.nodes, self.down, self._replies = dict(nodes), set(), {}
+        self.test_sizes = test_sizes or {}
 
     def get_node_ids(self) -> list[int]:
         return sorted(self.nodes)
@@ -39,7 +41,8 @@ class ScriptedGrid(Grid):
                 reply = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"), reply_to=msg)
             else:
                 reply = Message(RecordDict({P.CONFIG: ConfigRecord({P.BUILDING: self.nodes[nid], P.HOST: host_id(),
-                                                                    "size-test": 2})}), reply_to=msg)
+                                                                    "size-test": self.test_sizes.get(nid, 2)})}),
+                                reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = nid
             self._replies[msg.metadata.message_id] = reply
             ids.append(msg.metadata.message_id)
@@ -123,3 +126,36 @@ def test_an_unavailable_node_is_dropped_and_its_building_lost_after_n_rounds() -
 def test_two_nodes_claiming_one_building_are_refused_at_discovery() -> None:
     with pytest.raises(ValueError, match=r"building 'a': nodes 4, 9"):
         roster_on(ScriptedGrid({4: "a", 9: "a", 5: "b"}))
+
+
+def test_a_building_whose_test_split_is_empty_holds_no_test_data() -> None:
+    grid = ScriptedGrid({1: "a", 2: "b", 3: "c"}, test_sizes={2: 0, 3: 1})  # b has no test views; c has one
+    roster = roster_on(grid)
+    assert roster.test_buildings == {"a", "c"}
+    assert check_test_coverage(roster, {"all": ["a", "c"]})["test_missing"] == []  # b is not required
+    membership.admit(roster, {9: {"building": "z", "remote": False, "sizes": {"train": 3}}})  # no test split
+    assert roster.test_buildings == {"a", "c"} and roster.nodes[9] == "z"
+
+
+def test_a_successful_exchange_resets_the_failures_in_a_row() -> None:
+    grid = ScriptedGrid({1: "a", 2: "b", 3: "c"})
+    roster = roster_on(grid, **{"lost-after": 2})
+    membership.record_exchange(roster, [1, 2], failed={1, 2}, unavailable=set(), server_round=1)
+    assert roster.failures == {"a": 1, "b": 1, "c": 0}
+    membership.record_exchange(roster, [1, 3], failed={3}, unavailable=set(), server_round=2)
+    assert roster.failures == {"a": 0, "b": 1, "c": 1}  # a succeeded: back to 0; b was not sampled: kept
+    membership.record_exchange(roster, [1, 2], failed={1, 2}, unavailable=set(), server_round=3)
+    # a: fail, success, fail = 1 in a row, under lost-after=2; b: fail, (not sampled), fail = 2: lost
+    assert roster.failures == {"a": 1, "b": 2, "c": 1}
+    assert roster.lost == {"b": {"round": 3, "failed_in_a_row": 2}} and roster.nodes == {1: "a", 3: "c"}
+
+
+def test_a_building_one_federation_missed_is_missing_after_a_split() -> None:
+    grid = ScriptedGrid({1: "a", 2: "b", 3: "c"})
+    covered = {"sd": ["a", "b", "c"], "k": ["a", "c"]}  # the k group's test missed b; sd's covered it
+    with pytest.raises(CoverageError, match=r"covered 2 of the 3 buildings holding test data: missing b"):
+        check_test_coverage(roster_on(grid), covered, {"b": "reply timed out"})
+    summary = check_test_coverage(roster_on(grid, **{"test-coverage": "any"}), covered)
+    assert summary["test_missing"] == ["b"] and summary["test_buildings"] == covered
+    with pytest.raises(CoverageError):  # any: still every federation must cover one building
+        check_test_coverage(roster_on(grid, **{"test-coverage": "any"}), {"sd": ["a"], "k": []})
