@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from client_app.node import building_data, node_building
 from mas_flower import protocol as P
 from mas_flower import wire
+from mas_flower.constant import evaluate_constants, histogram_of
 from mas_flower.energy import EnergyMeter, host_id
 from mas_flower.metrics import TaskMetrics
 from mas_flower.models import build_model
@@ -109,10 +110,14 @@ def evaluate_(msg: Message, context: Context) -> Message:
         net = _network(msg, name, config)
         data = building_data(config, context)
         sums = TaskMetrics(net.tasks) if bool(config.get(P.TASK_METRICS, False)) else None
-        losses, n = evaluate(net, data.split(str(config["split"])), int(config["batch-size"]), pick_device(),
+        split = data.split(str(config["split"]))
+        losses, n = evaluate(net, split, int(config["batch-size"]), pick_device(),
                              precision=str(config.get("precision", "auto")), metrics=sums)
+        constants = {c: config[P.constant_key(c)] for c in net.tasks if P.constant_key(c) in config}
+        floor = evaluate_constants(split, constants, "".join(constants), int(config["batch-size"])) if constants else {}
         content[P.record_key(P.METRICS, name)] = MetricRecord(
             {P.NUM_EXAMPLES: n, **{P.loss_key(k): float(v) for k, v in losses.items()},
+             **{P.constant_loss_key(k): float(v) for k, v in floor.items()},
              **(sums.to_record() if sums is not None else {})})
     return Message(content=content, reply_to=msg)
 
@@ -121,7 +126,13 @@ def evaluate_(msg: Message, context: Context) -> Message:
 def info(msg: Message, context: Context) -> Message:
     config = dict(msg.content[P.CONFIG])
     building = node_building(config, context)
-    sizes = building_data(config, context, verify=True).sizes()
+    data = building_data(config, context, verify=True)
+    sizes = data.sizes()
+    labels = {}
+    if bool(config.get(P.LABEL_HISTOGRAM, False)) and sizes.get("train", 0) > 0:
+        # Counts only: no label leaves the node. Empty bins are left out (a ConfigRecord list may not be empty).
+        hist = histogram_of(data.split("train"), str(config["all-tasks"]))
+        labels = {k: v for k, v in hist.to_record().items() if v}
     reply = ConfigRecord({P.BUILDING: building, P.HOST: host_id(),
-                          **{f"size-{k}": int(v) for k, v in sizes.items()}})
+                          **{f"size-{k}": int(v) for k, v in sizes.items()}, **labels})
     return Message(content=RecordDict({P.CONFIG: reply}), reply_to=msg)

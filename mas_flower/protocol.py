@@ -39,6 +39,21 @@ CO2_G = "co2-g"
 ENERGY_ESTIMATED = "energy-estimated"
 
 
+#: Info-query config key: when true, the node also reports a `mas_flower.constant.LabelHistogram` of
+#: its training labels (keys `lhist.<letter>...`), from which the server finds the best constants.
+LABEL_HISTOGRAM = "label-histogram"
+
+
+def constant_key(letter: str) -> str:
+    """Evaluate config key of a task's best constant prediction (list of floats, one per output channel)."""
+    return f"constant-{letter}"
+
+
+def constant_loss_key(letter: str) -> str:
+    """Metric key of the constant prediction's loss in evaluate replies (same data, same batches)."""
+    return f"constant-loss-{letter}"
+
+
 def loss_key(letter: str) -> str:
     """Metric key of a task's loss in train and evaluate replies."""
     return f"loss-{letter}"

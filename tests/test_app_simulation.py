@@ -129,3 +129,27 @@ def test_report_draws_an_unfinished_run_from_its_live_file(mas_run: Path, tmp_pa
     written = make_report([run], tmp_path / "figures")
     assert sorted(p.name for p in written) == ["affinity-rounds-sdnkt-mas-2.png", "validation-loss.png"]
     assert all(p.stat().st_size > 5000 for p in written)
+
+
+def test_skill_against_the_best_constant_of_the_nodes_training_labels(mas_run: Path, tiny_federation: Path) -> None:
+    """The constant's test loss, worked out here from the raw data of the run's nodes, is what the
+    server got from the clients' label counts and their evaluation (nothing else leaves a node)."""
+    from mas_flower.constant import LabelHistogram, best_constants, evaluate_constants, histogram_of
+    from mas_flower.data import open_building
+
+    results = json.loads((mas_run / "results.json").read_text())
+    buildings = [open_building(tiny_federation, b, "sdnkt", 32) for b in results["nodes"]]
+    labels = LabelHistogram("")
+    for b in buildings:
+        labels.merge(histogram_of(b.split("train"), "sdnkt"))
+    constants = best_constants(labels)
+    floors = [(evaluate_constants(b.split("test"), constants, "sdnkt"), len(b.split("test"))) for b in buildings]
+    total = sum(n for _, n in floors)
+    want = {t: sum(f[t] * n for f, n in floors) / total for t in "sdnkt"}
+    assert results["test_constant_loss"] == pytest.approx(want, rel=1e-6)
+    assert results["test_skill"] == pytest.approx(
+        {t: 1 - results["test_loss"][t] / want[t] for t in "sdnkt"}, rel=1e-6)
+    for h in results["history"]:
+        for e in h["federations"].values():
+            assert set(e["val_skill"]) == set(e["val_loss"])
+            assert all(v < 1 for v in e["val_skill"].values())

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from mas_flower import protocol as P
 from mas_flower import wire
+from mas_flower.constant import skills
 from mas_flower.methods.base import FederationSpec, Stage, State
 from mas_flower.models import build_model
 from mas_flower.settings import Settings
@@ -97,6 +98,8 @@ class ParallelFederations(Strategy):
         self.on_round = on_round
         self.affinity_rounds: dict[str, list[np.ndarray]] = {}
         self.val_losses: dict[str, dict[str, float]] = {}
+        #: Federation -> per-task loss of the best constant prediction on the last evaluation's data.
+        self.constant_losses: dict[str, dict[str, float]] = {}
         #: Federation -> task-metric sums of the last evaluation that asked for them (`task-metrics`).
         self.task_metrics: dict[str, Any] = {}
         self.record: dict[str, Any] = {}  # the history entry of the round in progress
@@ -262,7 +265,8 @@ class ParallelFederations(Strategy):
         self._sent_to = {}
         for fed in self.federations:
             messages = self.strategies[fed.name].configure_evaluate(
-                server_round, per_fed[fed.name], ConfigRecord({"tasks": fed.tasks, "federation": fed.name}),
+                server_round, per_fed[fed.name], ConfigRecord({"tasks": fed.tasks, "federation": fed.name,
+                                                               **self._constants(fed.tasks)}),
                 NodesView(grid, nodes))
             by_node = {m.metadata.dst_node_id: m.content for m in messages}
             self._sent_to[fed.name] = [nid for nid in nodes if nid in by_node]
@@ -280,6 +284,7 @@ class ParallelFederations(Strategy):
         by_node = {m.metadata.src_node_id: m for m in replies}
         metrics = MetricRecord()
         self.val_losses, self.covered, self.uncovered, self.unavailable = {}, {}, {}, set()
+        self.constant_losses = {}
         self.task_metrics = {}
         for fed in self.federations:
             good = []
@@ -298,6 +303,8 @@ class ParallelFederations(Strategy):
             if not good:
                 raise RoundFailed(f"no node evaluated federation {fed.name!r} on {self._eval_split}")
             book_eval(self.ledger.accounts, self.settings, fed, good)
+            if (floor := _constant_losses(good, fed.tasks)) is not None:
+                self.constant_losses[fed.name] = floor
             good, sums = take_metric_sums(good)
             if sums is not None:
                 self.task_metrics[fed.name] = sums
@@ -323,6 +330,10 @@ class ParallelFederations(Strategy):
         finally:
             membership.forget(self.roster, self.unavailable)
         return self.val_losses
+
+    def _constants(self, tasks: str) -> dict[str, list[float]]:
+        """Evaluate config entries of the best constant of each task (none before discovery)."""
+        return {P.constant_key(t): self.roster.constants[t] for t in tasks if t in self.roster.constants}
 
     def timeout(self) -> float | None:
         return self.settings.reply_timeout if self.settings.reply_timeout > 0 else None
@@ -378,6 +389,8 @@ class ParallelFederations(Strategy):
                 for name, entry in self.record["federations"].items():
                     entry["val_loss"] = self.val_losses[name]
                     entry["val_buildings"] = self.covered[name]
+                    if name in self.constant_losses:
+                        entry["val_skill"] = skills(self.val_losses[name], self.constant_losses[name])
                     if name in self.task_metrics:
                         entry["val_metrics"] = self.task_metrics[name].compute()
             if evaluate_fn is not None and (res := evaluate_fn(server_round, arrays)) is not None:
@@ -444,6 +457,21 @@ def _view(reply: Message, federation: str, *, sent: ArrayRecord | None = None) -
     if P.record_key(P.METRICS, federation) in reply.content.metric_records:
         content[P.METRICS] = reply.content[P.record_key(P.METRICS, federation)]
     return Message(content=content, metadata=copy.copy(reply.metadata))
+
+
+def _constant_losses(replies: list[Message], tasks: str) -> dict[str, float] | None:
+    """Example-weighted mean loss of the best constant per task (as the losses are weighted by
+    default), or None unless every reply reported it for every task."""
+    total, sums = 0, dict.fromkeys(tasks, 0.0)
+    for m in replies:
+        metrics = m.content[P.METRICS]
+        if any(P.constant_loss_key(t) not in metrics for t in tasks):
+            return None
+        n = int(metrics[P.NUM_EXAMPLES])
+        total += n
+        for t in tasks:
+            sums[t] += n * float(metrics[P.constant_loss_key(t)])
+    return {t: v / total for t, v in sums.items()} if total > 0 else None
 
 
 def _losses(metrics: Any, tasks: str) -> dict[str, float]:

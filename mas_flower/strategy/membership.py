@@ -28,6 +28,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from mas_flower import protocol as P
+from mas_flower.constant import LabelHistogram
 from mas_flower.energy import host_id
 from mas_flower.strategy.exchange import exchange
 
@@ -39,14 +40,15 @@ class CoverageError(RuntimeError):
     """The final test did not cover the buildings that `test-coverage` requires: the run fails."""
 
 
-def query_info(roster: NodeRoster, grid: Grid, ids: Iterable[int], timeout: float | None
-               ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
-    """Ask nodes `ids` for their building, host and split sizes.
+def query_info(roster: NodeRoster, grid: Grid, ids: Iterable[int], timeout: float | None, *,
+               labels: bool = False) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """Ask nodes `ids` for their building, host and split sizes (and, with `labels`, the histogram of
+    their training labels: `mas_flower.constant.LabelHistogram`).
 
-    Returns (node id -> {"building", "remote", "sizes": split -> examples}, node id -> why it could not
-    answer: its error, or no reply within `timeout` seconds).
+    Returns (node id -> {"building", "remote", "sizes": split -> examples, "labels": histogram or None},
+    node id -> why it could not answer: its error, or no reply within `timeout` seconds).
     """
-    query = RecordDict({P.CONFIG: ConfigRecord(roster.data_config())})
+    query = RecordDict({P.CONFIG: ConfigRecord({**roster.data_config(), P.LABEL_HISTOGRAM: labels})})
     tagged = [(nid, Message(content=query, dst_node_id=nid, message_type=f"{MessageType.QUERY}.{P.INFO_QUERY}"))
               for nid in ids]
     replies = exchange(grid, tagged, timeout=timeout)
@@ -59,7 +61,8 @@ def query_info(roster: NodeRoster, grid: Grid, ids: Iterable[int], timeout: floa
             continue
         info = reply.content[P.CONFIG]
         infos[nid] = {"building": str(info[P.BUILDING]), "remote": str(info.get(P.HOST, here)) != here,
-                      "sizes": {k[len("size-"):]: int(v) for k, v in info.items() if k.startswith("size-")}}
+                      "sizes": {k[len("size-"):]: int(v) for k, v in info.items() if k.startswith("size-")},
+                      "labels": LabelHistogram.from_record(info) if labels else None}
     return infos, errors
 
 

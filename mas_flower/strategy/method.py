@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from mas_flower.constant import LOW_SKILL, skills
 from mas_flower.energy import EnergyMeter
 from mas_flower.live import append_live
 from mas_flower.methods import Method, StageOutcome
@@ -45,6 +46,8 @@ class MethodStrategy(Strategy):
 
     After `start`: `outcome` (the final stage), `test_loss` (task -> loss on every node's test split,
     each task served by `method.serving`), `test_metrics` (task -> metric -> value, likewise),
+    `test_constant_loss` and `test_skill` (task -> the best constant's loss on the same data, and
+    1 − loss / that: `mas_flower.constant`),
     `ledger` (history, time, energy), `outcomes` (every stage).
     """
 
@@ -67,6 +70,8 @@ class MethodStrategy(Strategy):
         self.coverage: dict[str, Any] = {}  # which buildings the test covered (`membership.check_test_coverage`)
         self.meter: EnergyMeter | None = None
         self.test_metrics: dict[str, dict[str, float]] = {}
+        self.test_constant_loss: dict[str, float] = {}
+        self.test_skill: dict[str, float] = {}
         self.session_started = time.monotonic()
         self.wall_before = self.ledger.wall_seconds
         self.rounds_this_session = 0
@@ -181,6 +186,15 @@ class MethodStrategy(Strategy):
         test = self.current.evaluate(grid, self.settings.num_rounds, result.arrays, "test")
         self.coverage = check_test_coverage(self.roster, self.current.covered, self.current.uncovered)
         self.test_loss = {letter: test[name][letter] for letter, name in serving.items()}
+        floor = self.current.constant_losses
+        self.test_constant_loss = {letter: floor[name][letter] for letter, name in serving.items() if name in floor}
+        self.test_skill = skills(self.test_loss, self.test_constant_loss)
+        for letter, value in self.test_skill.items():
+            if not value >= LOW_SKILL:
+                log(WARNING, "task %s: the network %r that serves it ends with a test skill of %.3f (< %.1f: "
+                    "barely better than predicting the best constant, loss %.4f against %.4f); train longer or "
+                    "raise lr before reading comparisons from this run", letter, serving[letter], value,
+                    LOW_SKILL, self.test_loss[letter], self.test_constant_loss[letter])
         self.method.tested(test)
         sums = self.current.task_metrics
         self.test_metrics = {letter: sums[name].compute()[letter] for letter, name in serving.items() if name in sums}

@@ -86,6 +86,8 @@ def write_outputs(strategy: MethodStrategy, run_dir: Path) -> Path:
         "test_loss": {t: test_loss[t] for t in settings.task_set},
         "total_test_loss": sum(test_loss.values()),
         "test_metrics": strategy.test_metrics,
+        "test_constant_loss": strategy.test_constant_loss,
+        "test_skill": strategy.test_skill,
         "client_train_seconds": ledger.client_train_seconds,
         "client_setup_seconds": ledger.accounts.client_setup_seconds,
         **ledger.accounts.totals(),
@@ -120,6 +122,9 @@ def summary(results: dict[str, Any], run_dir: Path) -> str:
         for t, row in zip(tasks, results["affinity"]["matrix"], strict=True):
             lines.append(f"  {t:>3} " + "".join(f"{v:9.4f}" for v in row))
     lines.append("test loss: " + "  ".join(f"{t}={v:.4f}" for t, v in results["test_loss"].items()))
+    if results.get("test_skill"):
+        lines.append("test skill (1 - loss / best constant's loss): "
+                     + "  ".join(f"{t}={v:.3f}" for t, v in results["test_skill"].items()))
     lines.append(f"total test loss: {results['total_test_loss']:.4f}")
     lines.append(f"time: wall {results['wall_seconds']:.1f} s, client training {results['client_train_seconds']:.1f} s")
     estimated = " (estimated)" if results["energy_estimated"] else ""

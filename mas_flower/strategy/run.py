@@ -15,6 +15,7 @@ from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from mas_flower.constant import LabelHistogram, best_constants
 from mas_flower.methods.base import Stage, State
 from mas_flower.settings import Settings
 from mas_flower.strategy import membership
@@ -86,6 +87,9 @@ class NodeRoster:
         self.lost: dict[str, dict[str, int]] = {}
         self.standby: dict[int, dict[str, Any]] = {}
         self.gone: set[int] = set()
+        # The best constant prediction per task, from the training labels of the nodes found at
+        # discovery (`mas_flower.constant`): sent with every evaluation, the floor of the skill.
+        self.constants: dict[str, list[float]] = {}
 
     def data_config(self) -> dict[str, Any]:
         s = self.settings
@@ -102,7 +106,7 @@ class NodeRoster:
         need = s.clients_per_round
         ids = wait_for_nodes(grid, need, s.node_timeout)
         # The first message also waits for the engine or the nodes to start up: the longer timeout.
-        infos, errors = membership.query_info(self, grid, ids, max(s.node_timeout, s.reply_timeout))
+        infos, errors = membership.query_info(self, grid, ids, max(s.node_timeout, s.reply_timeout), labels=True)
         if errors:
             raise RuntimeError("nodes could not load their data: "
                                + "; ".join(f"node {nid}: {why}" for nid, why in sorted(errors.items())))
@@ -111,6 +115,10 @@ class NodeRoster:
             raise ValueError("two nodes claim the same building (each building's data must be on one node): "
                              + "; ".join(duplicates))
         membership.admit(self, infos)
+        labels = LabelHistogram("")
+        for info in infos.values():
+            labels.merge(info["labels"])
+        self.constants = best_constants(labels)
         if len(self.nodes) < need:
             raise ValueError(f"clients-per-round={need} but only {len(self.nodes)} nodes answered")
         log(INFO, "federation: %d nodes: %s (%d on other machines)", len(self.nodes),
