@@ -1,0 +1,75 @@
+"""HOA's and the oracle's decisions on hand-written losses (no Flower): asymmetric pair losses, whose
+transpose would choose other groups, and an oracle ranking with a tie."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mas_flower.defaults import load_settings
+from mas_flower.methods import StageOutcome, build_method
+
+
+def settings(**overrides):
+    return load_settings({}, {k.replace("_", "-"): v for k, v in overrides.items()})
+
+
+#: Validation losses after HOA's pairs stage. Singles all differ; within each pair the two tasks differ.
+VAL = {"s": {"s": 1.1}, "d": {"d": 0.9}, "k": {"k": 1.3},
+       "sd": {"s": 0.4, "d": 1.6}, "sk": {"s": 1.5, "k": 0.8}, "dk": {"d": 0.6, "k": 0.8}}
+
+
+@pytest.mark.parametrize("single_cost", [1.0, 0.5])
+def test_hoa_reads_each_tasks_own_loss_from_its_pairs(single_cost: float) -> None:
+    method = build_method(settings(method="hoa", task_set="sdk", splits=2, hoa_single_cost=single_cost))
+    first = method.first_stage()
+    second = method.next_stage(StageOutcome(first, {}, val_losses=VAL))
+    # P[i][j] = loss of task j trained with task i: P[s][d] = sd's d = 1.6, P[d][s] = sd's s = 0.4, ...
+    assert method.details["hoa_pair_val_loss"] == [[0.0, 1.6, 0.8], [0.4, 0.0, 0.8], [1.5, 0.6, 0.0]]
+    assert method.details["hoa_single_val_loss"] == {"s": 1.1, "d": 0.9, "k": 1.3}
+    # Each task's lowest loss anywhere: s 0.4 (only in sd), d 0.6 (only in dk), k 0.8 (sk, dk or the
+    # trio's mean (0.8 + 0.8) / 2): {sd, dk} reaches all three, 0.4 + 0.6 + 0.8 = 1.8, within x = 2.
+    # With each pair's two losses swapped (the transpose) the floor would be s 0.8 (sk), d 0.4 (sd),
+    # k 0.6 (dk), out of reach of two groups: it would pick {sk, dk}, 0.8 + 0.8 + 0.6 = 2.2.
+    assert sorted(method.splits) == ["dk", "sd"] and sorted(f.tasks for f in second.federations) == ["dk", "sd"]
+    assert method.details["hoa_estimated_total"] == pytest.approx(1.8)
+
+
+#: Test losses of every group the oracle trains for `sdk` at x = 2 (partitions s|dk, sd|k, sk|d).
+TEST = {"s": {"s": 1.0}, "dk": {"d": 0.5, "k": 2.0}, "sd": {"s": 0.75, "d": 0.75}, "k": {"k": 1.5},
+        "sk": {"s": 0.25, "k": 3.0}, "d": {"d": 0.4}}
+
+
+def _oracle_after_the_merge():
+    """An oracle for `sdk`, x = 2, whose affinity makes MAS pick {s}, {d, k} (d and k help each other)."""
+    method = build_method(settings(method="oracle", task_set="sdk", splits=2, num_rounds=4, merge_rounds=2,
+                                   affinity_rounds=1))
+    first = method.first_stage()
+    affinity = np.array([[0.0, -0.5, -0.4], [-0.3, 0.0, 0.9], [-0.2, 0.8, 0.0]])
+    merged = {"encoder.w": torch.zeros(2), **{f"decoders.{t}.w": torch.zeros(1) for t in "sdk"}}
+    stage = method.next_stage(StageOutcome(first, {"all": merged}, affinity={"all": affinity}))
+    assert sorted(method.splits) == ["dk", "s"]
+    assert sorted(f.tasks for f in stage.federations) == sorted(TEST)
+    return method
+
+
+def test_oracle_ranks_mas_partition_by_summed_test_losses() -> None:
+    method = _oracle_after_the_merge()
+    method.tested(TEST)
+    # s|dk: 1.0 + 0.5 + 2.0 = 3.5; sd|k: 0.75 + 0.75 + 1.5 = 3.0; sk|d: 0.25 + 3.0 + 0.4 = 3.65
+    d = method.details
+    assert d["oracle_partitions"] == [{"groups": ["sd", "k"], "total_test_loss": 3.0},
+                                      {"groups": ["s", "dk"], "total_test_loss": 3.5},
+                                      {"groups": ["sk", "d"], "total_test_loss": pytest.approx(3.65)}]
+    assert d["oracle_mas_partition"] == ["s", "dk"] and d["oracle_mas_total_test_loss"] == 3.5
+    assert d["oracle_mas_rank"] == 2 and d["oracle_partition_count"] == 3
+
+
+def test_oracle_ties_share_the_better_rank() -> None:
+    method = _oracle_after_the_merge()
+    method.splits = ["dk", "s"]  # MAS's groups in another order: the same partition
+    method.tested({**TEST, "d": {"d": 0.25}, "sd": {"s": 1.0, "d": 1.5}})
+    # s|dk 3.5; sd|k 1.0 + 1.5 + 1.5 = 4.0; sk|d 0.25 + 3.0 + 0.25 = 3.5: MAS's ties for first
+    assert method.details["oracle_mas_rank"] == 1 and method.details["oracle_mas_partition"] == ["s", "dk"]
+    assert [p["total_test_loss"] for p in method.details["oracle_partitions"]] == [3.5, 3.5, 4.0]
