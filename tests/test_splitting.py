@@ -390,3 +390,13 @@ def test_hoa_single_cost_by_hand():
     assert half.labels("abc") == ["a", "b", "c"] and half.score == pytest.approx(3.0)
     with pytest.raises(ValueError, match="single_cost"):
         hoa_split([1, 1, 1], pair, 2, single_cost=0)
+
+
+def test_exact_ties_go_to_the_fewest_blocks():
+    v = subsets.subset_sums(np.array([1.0, 2.0, 4.0]))  # v[block] = its tasks' weights: every partition sums to 7
+    assert subsets.best_partition(v, 3, 3, at_most=True) == ([0b111], 7.0)
+    v[0b111] = 6.0  # the whole set loses 1: two blocks (7) tie with three (1 + 2 + 4 = 7)
+    blocks, total = subsets.best_partition(v, 3, 3, at_most=True)
+    assert len(blocks) == 2 and total == 7.0 and sorted(blocks) in ([0b001, 0b110], [0b010, 0b101], [0b011, 0b100])
+    # HOA: task j's loss is j + 1 alone, in either pair and in the trio (P[i][j] = j + 1): one network is enough
+    assert hoa_split([1.0, 2.0, 3.0], [[0, 2, 3], [1, 0, 3], [1, 2, 0]], 3).groups == [(0, 1, 2)]
