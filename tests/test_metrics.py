@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from mas_flower import metrics as metrics_module
 from mas_flower.metrics import TaskMetrics, batch_metric_sums, delta_m, depth_metres, metric_names, sum_records
 
 
@@ -51,6 +52,29 @@ def test_normal_angles_on_valid_pixels() -> None:
     m.update({"n": as_image(pred)}, {"n": as_image(target), "mask": mask})
     # angles 45°, 0°, 10° on the three scored pixels; two of them within 11.25°.
     assert m.compute()["n"] == pytest.approx({"mean_angle_deg": 55 / 3, "within_11_25": 2 / 3})
+
+
+def _normals(target: list[tuple[float, float, float]], pred: list[tuple[float, float, float]],
+             dtype: torch.dtype = torch.float64) -> dict[str, float]:
+    """`within_11_25` and `mean_angle_deg` of pixels in a row, all valid."""
+    as_image = lambda v: torch.tensor(v, dtype=dtype).T.reshape(1, 3, 1, len(v))  # noqa: E731
+    m = TaskMetrics("n")
+    m.update({"n": as_image(pred)}, {"n": as_image(target), "mask": torch.ones(1, 1, 1, len(pred), dtype=torch.bool)})
+    return m.compute()["n"]
+
+
+def test_normal_threshold_is_inclusive_and_at_11_25_degrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Either side of 11.25°: float32 (1, tan 11.25°, 0) scores 11.2499999915°, the next float32 up 11.2500008°.
+    tan = float(torch.tensor(math.tan(math.radians(11.25)), dtype=torch.float32))
+    above = float(torch.nextafter(torch.tensor(tan, dtype=torch.float32), torch.tensor(1.0)))
+    x = (1.0, 0.0, 0.0)
+    assert _normals([x, x], [(1.0, tan, 0.0), (1.0, above, 0.0)], torch.float32)["within_11_25"] == 1 / 2
+    # No normal lands on 11.25° exactly through acos (the nearest cosines give 11.249999999999973 and
+    # 11.250000000000007), so "at the threshold counts" is checked where the arithmetic is exact: 90°.
+    monkeypatch.setattr(metrics_module, "ANGLE_THRESHOLD_DEG", 90.0)
+    # 90°, 90°, 180°, 45°: three within 90° (both exactly at it); mean (90 + 90 + 180 + 45) / 4 = 101.25
+    got = _normals([x] * 4, [(0.0, 1.0, 0.0), (0.0, 0.0, -2.0), (-1.0, 0.0, 0.0), (1.0, 1.0, 0.0)])
+    assert got == pytest.approx({"mean_angle_deg": 101.25, "within_11_25": 3 / 4})
 
 
 def test_l1_on_valid_pixels_for_the_other_tasks() -> None:
@@ -120,6 +144,11 @@ def test_delta_m_signs_by_direction() -> None:
     assert delta_m(baseline, baseline) == 0.0
     # on losses (lower is better): s doubles (−100 %), k halves (+50 %) -> −25 %
     assert delta_m({"s": {"loss": 2.0}, "k": {"loss": 0.5}}, {"s": {"loss": 1.0}, "k": {"loss": 1.0}}) == -25.0
+    # tasks with 2, 1 and 1 metrics: s +10 % and +30 % -> +20 %; d abs_rel 25 % lower -> +25 %; k l1 20 %
+    # higher -> −20 %. Mean over tasks (20 + 25 − 20) / 3 = 8.33 % (over metrics it would be 45 / 4 = 11.25 %)
+    baseline = {"s": {"miou": 0.5, "pixel_acc": 0.5}, "d": {"abs_rel": 0.2}, "k": {"l1": 1.0}}
+    method = {"s": {"miou": 0.55, "pixel_acc": 0.65}, "d": {"abs_rel": 0.15}, "k": {"l1": 1.2}}
+    assert delta_m(method, baseline) == pytest.approx(25 / 3)
     with pytest.raises(ValueError, match="no task metric shared"):
         delta_m({"s": {"miou": 1.0}}, {"d": {"abs_rel": 1.0}})
     with pytest.raises(ValueError, match="baseline k.loss = 0.0"):
