@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -103,11 +104,15 @@ class Settings:
         """Reject impossible settings before any work, one clear message per problem."""
         from mas_flower.methods import list_methods, method_class  # the method's own checks
 
-        problems: list[str] = []
+        problems: list[str] = [f"{f.name.replace('_', '-')}={getattr(self, f.name)} must be a finite number"
+                               for f in fields(self) if f.type == "float" and not math.isfinite(getattr(self, f.name))]
         try:
             parse_tasks(self.task_set)
         except ValueError as err:
             problems.append(f"task-set: {err}")
+        problems += _model_problems(self.model, self.image_size)
+        if self.run_name in (".", "..") or any(sep in self.run_name for sep in "/\\"):
+            problems.append(f"run-name={self.run_name!r} must be a plain folder name (no path separators)")
         if self.method not in list_methods():
             problems.append(f"method={self.method!r} is not one of {', '.join(list_methods())}")
         else:
@@ -116,8 +121,11 @@ class Settings:
                     "eval_batch_size", "synthetic_buildings", "synthetic_views", "synthetic_size"):
             if getattr(self, key) < 1:
                 problems.append(f"{key.replace('_', '-')}={getattr(self, key)} must be at least 1")
-        if self.affinity_rounds < 0 or self.affinity_every < 1:
-            problems.append("affinity-rounds must be >= 0 and affinity-every >= 1")
+        if self.affinity_rounds < 0:
+            problems.append(f"affinity-rounds={self.affinity_rounds} must be at least 0")
+        if self.affinity_every < 1:
+            problems.append(f"affinity-every={self.affinity_every} must be at least 1 (the lookahead runs every ρ-th "
+                            "local batch)")
         if self.precision not in PRECISIONS:
             problems.append(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         if self.affinity_mode not in AFFINITY_MODES:
@@ -178,6 +186,19 @@ class Settings:
 
     def to_run_config(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _model_problems(model: str, image_size: int) -> list[str]:
+    """Whether the model is registered and the image size a multiple of its total stride."""
+    from mas_flower.models.registry import check_image_size, list_models
+
+    if model not in list_models():
+        return [f"model={model!r} is not one of {', '.join(list_models())}"]
+    try:
+        check_image_size(model, image_size)
+    except ValueError as err:
+        return [] if image_size < 1 else [f"image-size={image_size}: {err}"]  # < 1: said elsewhere
+    return []
 
 
 def _energy_problems(country: str, intensity: float) -> list[str]:

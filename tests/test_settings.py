@@ -30,6 +30,30 @@ def test_defaults_are_valid_and_typed() -> None:
     ({"affinity-mode": "guess"}, "affinity-mode='guess'"),
     ({"lost-after": 0}, "lost-after=0 must be at least 1"),
     ({"test-coverage": "most"}, "test-coverage='most' must be one of all, any"),
+    # values that cannot run, refused before any work (HOA would fail only after its pairs stage)
+    ({"hoa-single-cost": 0}, "hoa-single-cost=0.0 must be in (0, 1]"),
+    ({"hoa-single-cost": 1.5}, "hoa-single-cost=1.5 must be in (0, 1]"),
+    ({"method": "hoa", "hoa-single-cost": -0.5}, "hoa-single-cost=-0.5 must be in (0, 1]"),
+    ({"affinity-every": 0}, "affinity-every=0 must be at least 1"),
+    ({"method": "tag", "affinity-every": -3}, "affinity-every=-3 must be at least 1"),
+    ({"method": "fedavg", "affinity-rounds": -1}, "affinity-rounds=-1 must be at least 0"),
+    ({"local-epochs": 0}, "local-epochs=0 must be at least 1"),
+    ({"eval-every": 0}, "eval-every=0 must be at least 1"),
+    ({"min-replies": 0}, "min-replies=0 must be between 1 and clients-per-round=4"),
+    ({"min-replies": 5}, "min-replies=5 must be between 1 and clients-per-round=4"),
+    ({"node-timeout": 0}, "node-timeout=0.0 must be positive"),
+    ({"seed": -1}, "seed=-1 must be a non-negative integer"),
+    ({"lr": 0}, "lr=0.0 must be positive"),
+    ({"trim-beta": 0.5}, "trim-beta=0.5 must be in [0, 0.5)"),
+    ({"beta-2": 1.0}, "beta-2=1.0 must be in [0, 1)"),
+    ({"lr": float("nan")}, "lr=nan must be a finite number"),
+    ({"node-timeout": float("inf")}, "node-timeout=inf must be a finite number"),
+    ({"server-lr": float("nan")}, "server-lr=nan must be a finite number"),
+    ({"fedprox-mu": float("-inf")}, "fedprox-mu=-inf must be a finite number"),
+    ({"model": "nope"}, "model='nope' is not one of resnet18, tiny, xception"),
+    ({"image-size": 60}, "image-size=60: image size 60 does not fit model 'tiny'"),
+    ({"model": "xception", "image-size": 72}, "image-size=72: image size 72 does not fit model 'xception'"),
+    ({"run-name": "../elsewhere"}, "run-name='../elsewhere' must be a plain folder name"),
 ])
 def test_bad_settings_name_the_key(override: dict, message: str) -> None:
     with pytest.raises(ValueError, match="invalid run config|run-config key") as err:
@@ -48,3 +72,14 @@ def test_learning_rate_schedule() -> None:
     s = load_settings({}, {"lr": 0.1, "num-rounds": 100})
     assert s.lr_at(0) == pytest.approx(0.1)
     assert s.lr_at(70) == pytest.approx(0.1 * 0.3 ** 0.9)
+
+
+@pytest.mark.parametrize("override", [
+    {"hoa-single-cost": 1.0}, {"method": "hoa", "hoa-single-cost": 0.5}, {"affinity-every": 1},
+    {"method": "fedavg", "affinity-rounds": 0}, {"min-replies": 1}, {"min-replies": 4}, {"eval-every": 1},
+    {"trim-beta": 0.0}, {"server-lr": 0.0}, {"image-size": 8}, {"model": "xception", "image-size": 16},
+    {"reply-timeout": 0.0}, {"seed": 0}, {"run-name": "mas-sdk-seed0"},
+])
+def test_each_threshold_itself_is_accepted(override: dict) -> None:
+    s = load_settings({}, override)
+    assert all(getattr(s, k.replace("-", "_")) == v for k, v in override.items())
