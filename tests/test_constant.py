@@ -131,6 +131,9 @@ def test_record_round_trip_is_exact():
     record = a.to_record()
     assert record["lhist.n.0.index"] == [-250, 250, 500]  # sorted indices, counts aligned with them
     assert record["lhist.n.0.count"] == [1, 1, 4]
+    # n ch2 gets index 3 from the second client after 750 from the first: the record still sorts them
+    assert record["lhist.n.2.index"] == [1, 2, 3, 750]
+    assert record["lhist.n.2.count"] == [1, 2, 1, 2]
     assert record["lhist.k.0.index"] == [-100, 300]
     assert record["lhist.k.0.count"] == [1, 2]
     assert len(record["lhist.s.classes"]) == 18
