@@ -77,6 +77,8 @@ def _train_one(msg: Message, name: str, config: dict, context: Context) -> tuple
     if result.affinity is not None:
         metrics[P.AFFINITY] = np.asarray(result.affinity, dtype=float).ravel().tolist()
         metrics[P.AFFINITY_COUNT] = result.affinity_count
+        if result.affinity_squares is not None:
+            metrics[P.AFFINITY_SQUARES] = np.asarray(result.affinity_squares, dtype=float).ravel().tolist()
     return wire.pack(ArrayRecord(net.state_dict())), MetricRecord(metrics)
 
 

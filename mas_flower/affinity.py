@@ -68,16 +68,19 @@ def is_lookahead_batch(batch_index: int, epoch: int, every: int, first_epoch_onl
 
 @dataclass
 class AffinityAccumulator:
-    """Running mean of the per-batch affinity matrices of one local training."""
+    """Running mean of the per-batch affinity matrices of one local training, with the per-entry sum
+    of squares (the server's standard error of the affinity: `mas_flower.splitting.stability`)."""
 
     tasks: str
     total: np.ndarray = field(init=False)
+    squares: np.ndarray = field(init=False)
     count: int = 0
     #: Batches whose matrix had a non-finite entry (diverged losses): left out of the mean.
     skipped: int = 0
 
     def __post_init__(self) -> None:
         self.total = np.zeros((len(self.tasks), len(self.tasks)))
+        self.squares = np.zeros_like(self.total)
 
     def add(self, z: np.ndarray) -> None:
         if z.shape != self.total.shape:
@@ -87,6 +90,7 @@ class AffinityAccumulator:
             warnings.warn("lookahead affinity: non-finite losses on a batch; batch left out", stacklevel=2)
             return
         self.total += z
+        self.squares += z * z
         self.count += 1
 
     def mean(self) -> np.ndarray | None:

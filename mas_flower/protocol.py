@@ -23,6 +23,8 @@ TRAIN_SECONDS = "train-seconds"
 BF16 = "bf16"
 AFFINITY = "affinity"
 AFFINITY_COUNT = "affinity-count"
+#: Per-entry sum of squares of a client's lookahead matrices (row-major n × n, like AFFINITY).
+AFFINITY_SQUARES = "affinity-squares"
 #: Samples in the lookahead batches of a local training (FLOP accounting, `mas_flower.flops`).
 AFFINITY_SAMPLES = "affinity-samples"
 #: One-time costs of a local training before its first batch (not in TRAIN_SECONDS).

@@ -109,6 +109,8 @@ class TrainResult:
     #: n × n mean lookahead affinity, Z[i, j] = effect of task i's step on task j; None if not measured.
     affinity: np.ndarray | None = None
     affinity_count: int = 0
+    #: Per-entry sum of squares of the lookahead batches' matrices (n × n; None if not measured).
+    affinity_squares: np.ndarray | None = None
     #: Samples in the lookahead batches (for FLOP accounting: `mas_flower.flops`).
     affinity_samples: int = 0
     #: Part of `seconds` spent measuring affinity (beyond the training step itself).
@@ -285,6 +287,7 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
     return TrainResult(
         losses=mean_losses, num_examples=num_examples, seconds=seconds, setup_seconds=setup_seconds,
         affinity=accumulator.mean(), affinity_count=accumulator.count, affinity_seconds=affinity_seconds,
+        affinity_squares=accumulator.squares.copy() if accumulator.count else None,
         affinity_samples=affinity_samples,
         steps=steps, task_weights=weighting.weights, precision=precision,
     )

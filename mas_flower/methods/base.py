@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -65,6 +65,8 @@ class StageOutcome:
     #: the per-round matrices (count-weighted means over clients).
     affinity: dict[str, np.ndarray] = field(default_factory=dict)
     affinity_rounds: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    #: Per federation and affinity round, every client's `AffinityReport` (standard error, bootstrap).
+    affinity_reports: dict[str, list[list[Any]]] = field(default_factory=dict)
     #: Last validation losses per federation: task letter -> loss.
     val_losses: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -105,8 +107,18 @@ class Method(ABC):
         self.splits: list[str] | None = None
         #: The affinity matrix the method measured (tasks in task-set order), for results.json.
         self.affinity: np.ndarray | None = None
+        #: Its per-entry standard error (`mas_flower.splitting.stability.standard_error`), if known.
+        self.affinity_se: np.ndarray | None = None
         #: Extra, method-specific facts for results.json (estimates, scores, ...).
         self.details: dict[str, object] = {}
+
+    def take_affinity(self, outcome: StageOutcome, federation: str = "all") -> np.ndarray:
+        """The affinity a stage measured in `federation`, kept with its standard error."""
+        from mas_flower.splitting.stability import standard_error
+
+        self.affinity = outcome.affinity[federation]
+        self.affinity_se = standard_error(outcome.affinity_reports.get(federation, []))
+        return self.affinity
 
     @abstractmethod
     def first_stage(self) -> Stage:

@@ -13,6 +13,10 @@ from __future__ import annotations
 from mas_flower.methods.base import FederationSpec, Method, Stage, StageOutcome, register_method
 from mas_flower.models import subnetwork_state
 from mas_flower.splitting import mas_split
+from mas_flower.splitting.stability import split_stability
+
+#: Bootstrap resamples of the clients' affinity reports behind `split_stability` in results.json.
+STABILITY_RESAMPLES = 200
 
 
 @register_method("mas")
@@ -37,12 +41,15 @@ class MergeAndSplit(Method):
         if outcome.stage.phase != "merge":
             return None
         s = self.settings
-        self.affinity = outcome.affinity["all"]
-        result = mas_split(self.affinity, s.splits)
+        result = mas_split(self.take_affinity(outcome), s.splits)
         groups = result.labels(s.task_set)
         self.splits = groups
         self.details["split_score"] = float(result.score)
         self.details["split_optimal"] = bool(result.optimal)
+        reports = outcome.affinity_reports.get("all", [])
+        if reports:
+            self.details["split_stability"] = split_stability(reports, s.splits, resamples=STABILITY_RESAMPLES,
+                                                              seed=s.seed)
         merged = outcome.states["all"]
         federations = [FederationSpec(g, g, init=subnetwork_state(merged, g)) for g in groups]
         stage = self.stage("split", federations, schedule_start=s.merge_rounds)

@@ -25,7 +25,7 @@ class TaskAffinityGrouping(Method):
         if outcome.stage.phase != "all-in-one":
             return None
         tasks = self.settings.task_set
-        self.affinity = outcome.affinity["all"]
+        self.take_affinity(outcome)
         result = tag_split(self.affinity, self.settings.splits)
         self.splits = result.labels(tasks)
         self.details.update(split_score=float(result.score), split_optimal=bool(result.optimal))

@@ -29,6 +29,7 @@ from mas_flower.constant import skills
 from mas_flower.methods.base import FederationSpec, Stage, State
 from mas_flower.models import build_model
 from mas_flower.settings import Settings
+from mas_flower.splitting.stability import AffinityReport
 from mas_flower.strategy import membership
 from mas_flower.strategy.accounting import book_eval, book_train, count_exchange, take_metric_sums
 from mas_flower.strategy.aggregators import StrategyFactory, strategy_factory
@@ -97,6 +98,8 @@ class ParallelFederations(Strategy):
         self.ledger = ledger or Ledger()
         self.on_round = on_round
         self.affinity_rounds: dict[str, list[np.ndarray]] = {}
+        #: Federation -> per affinity round, every client's report (its standard error and bootstrap).
+        self.affinity_reports: dict[str, list[list[AffinityReport]]] = {}
         self.val_losses: dict[str, dict[str, float]] = {}
         #: Federation -> per-task loss of the best constant prediction on the last evaluation's data.
         self.constant_losses: dict[str, dict[str, float]] = {}
@@ -227,6 +230,7 @@ class ParallelFederations(Strategy):
             if matrix is not None:
                 entry["affinity"] = matrix.tolist()
                 self.affinity_rounds.setdefault(fed.name, []).append(matrix)
+                self.affinity_reports.setdefault(fed.name, []).append(_affinity_reports(ok, len(fed.tasks)))
             self.record["federations"][fed.name] = entry
             for key, value in entry["train_loss"].items():
                 metrics[f"{fed.name}{SEP}{P.loss_key(key)}"] = value
@@ -489,6 +493,19 @@ def _affinity(replies: list[Message], n: int) -> np.ndarray | None:
             total += c * np.asarray(metrics[P.AFFINITY], dtype=float).reshape(n, n)
             count += c
     return total / count if count else None
+
+
+def _affinity_reports(replies: list[Message], n: int) -> list[AffinityReport]:
+    """Each client's lookahead report of a round (count, mean matrix, sum of squares if sent)."""
+    reports = []
+    for m in replies:
+        metrics = m.content[P.METRICS]
+        if P.AFFINITY in metrics and int(metrics[P.AFFINITY_COUNT]) > 0:
+            squares = metrics.get(P.AFFINITY_SQUARES)
+            reports.append(AffinityReport(
+                int(metrics[P.AFFINITY_COUNT]), np.asarray(metrics[P.AFFINITY], dtype=float).reshape(n, n),
+                None if squares is None else np.asarray(squares, dtype=float).reshape(n, n)))
+    return reports
 
 
 def _like(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:

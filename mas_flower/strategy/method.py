@@ -158,6 +158,7 @@ class MethodStrategy(Strategy):
                                      on_round=self._after_round)
         progress.strategies = driver.strategies  # the live objects: checkpoints hold their state
         driver.affinity_rounds = progress.affinity_rounds
+        driver.affinity_reports = progress.affinity_reports
         return driver
 
     def _begin(self, stage) -> Progress:
@@ -203,7 +204,8 @@ class MethodStrategy(Strategy):
 
     def _outcome(self, grid: Grid, progress: Progress) -> StageOutcome:
         stage = progress.stage
-        outcome = StageOutcome(stage, progress.states, affinity_rounds=progress.affinity_rounds)
+        outcome = StageOutcome(stage, progress.states, affinity_rounds=progress.affinity_rounds,
+                               affinity_reports=progress.affinity_reports)
         outcome.affinity = {k: np.mean(v, axis=0) for k, v in progress.affinity_rounds.items()}
         if stage.rounds and self.ledger.history:
             outcome.val_losses = {k: e["val_loss"] for k, e in self.ledger.history[-1]["federations"].items()}

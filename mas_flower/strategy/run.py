@@ -67,6 +67,12 @@ class Progress:
     affinity_rounds: dict[str, list[np.ndarray]] = field(default_factory=dict)
     #: Every federation's Flower strategy, with its state (server-optimiser moments, momentum).
     strategies: dict[str, Any] = field(default_factory=dict)
+    #: Per federation and affinity round, every client's report (`mas_flower.splitting.stability`).
+    affinity_reports: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (a checkpoint): fields added since the checkpoint was written start empty."""
+        self.__dict__.update({"affinity_reports": {}, **state})
 
 
 class NodeRoster:
