@@ -3,12 +3,16 @@ transpose would choose other groups, and an oracle ranking with a tie."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from mas_flower.defaults import load_settings
 from mas_flower.methods import StageOutcome, build_method
+from mas_flower.methods.oracle import ranks, spearman
+from mas_flower.splitting import partition_score
 
 
 def settings(**overrides):
@@ -72,3 +76,70 @@ def test_oracle_ties_share_the_better_rank() -> None:
     # s|dk 3.5; sd|k 1.0 + 1.5 + 1.5 = 4.0; sk|d 0.25 + 3.0 + 0.25 = 3.5: MAS's ties for first
     assert method.details["oracle_mas_rank"] == 1 and method.details["oracle_mas_partition"] == ["s", "dk"]
     assert [p["total_test_loss"] for p in method.details["oracle_partitions"]] == [3.5, 3.5, 4.0]
+
+
+def test_ranks_share_the_mean_rank_among_ties() -> None:
+    np.testing.assert_array_equal(ranks([3, 1, 1, 2]), [4, 1.5, 1.5, 3])  # the 1s share ranks 1 and 2
+    np.testing.assert_array_equal(ranks([2, 2, 2, 1, 5]), [3, 3, 3, 1, 5])  # ranks 2, 3, 4 → 3
+    np.testing.assert_array_equal(ranks([0.5, -1.0]), [2, 1])
+    assert len(ranks([])) == 0
+
+
+def test_spearman_correlates_tie_averaged_ranks() -> None:
+    assert spearman([1, 2, 3, 4], [10, 5, 1, -7]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [1, 8, 27]) == pytest.approx(1.0)  # monotone, not linear: still 1
+    # x = [1, 5, 5, 100] → ranks [1, 2.5, 2.5, 4]; y = [1, 3, 2, 4] → ranks [1, 3, 2, 4]. Deviations from
+    # 2.5: [−1.5, 0, 0, 1.5] and [−1.5, 0.5, −0.5, 1.5]: Σ dx·dy = 4.5, Σ dx² = 4.5, Σ dy² = 5, so
+    # ρ = 4.5 / √(4.5 · 5) = √0.9 ≈ 0.9487. (Ties ranked 2, 3 instead: 0.8; Pearson of raw x: ≈ 0.80.)
+    assert spearman([1, 5, 5, 100], [1, 3, 2, 4]) == pytest.approx(np.sqrt(0.9))
+    assert spearman([1, 5, 5, 100], [4, 2, 3, 1]) == pytest.approx(-np.sqrt(0.9))
+
+
+def test_spearman_is_undefined_for_constant_or_short_input_and_refuses_unequal_lengths() -> None:
+    assert math.isnan(spearman([2, 2, 2], [1, 2, 3]))
+    assert math.isnan(spearman([1, 2, 3], [7, 7, 7]))
+    assert math.isnan(spearman([1], [2]))
+    assert math.isnan(spearman([], []))
+    with pytest.raises(ValueError, match="3 values against 2"):
+        spearman([1, 2, 3], [1, 2])
+
+
+#: Oracle affinity for s, d, k (index 0, 1, 2), asymmetric: A[i→j] ≠ A[j→i].
+ORACLE_AFFINITY = np.array([[0.0, 0.6, -0.2], [0.2, 0.0, 0.4], [-0.6, 1.0, 0.0]])
+# Singleton scores (column sum + row sum) / (2 (n − 1)): s (0.2 − 0.6 + 0.6 − 0.2) / 4 = 0,
+# d (0.6 + 1.0 + 0.2 + 0.4) / 4 = 0.55, k (−0.2 + 0.4 − 0.6 + 1.0) / 4 = 0.15. A pair {i, j} scores
+# A[i→j] + A[j→i]; the partition's score is the sum over the three tasks / 3.
+ORACLE_SCORES = {("s", "dk"): (0.0 + 0.4 + 1.0) / 3,  # 0.4667
+                 ("sd", "k"): (0.6 + 0.2 + 0.15) / 3,  # 0.3167
+                 ("sk", "d"): (-0.2 - 0.6 + 0.55) / 3}  # −0.0833
+
+
+@pytest.mark.parametrize(("losses", "totals", "rho"), [
+    # TEST: totals s|dk 3.5, sd|k 3.0, sk|d 3.65. Score ranks [3, 2, 1], total ranks [2, 1, 3]:
+    # deviations [1, 0, −1] and [0, −1, 1], Σ = −1, each Σ² = 2: ρ = −0.5 (a higher score, a lower loss,
+    # mostly). Pairing the scores with the totals in ranked order instead would give −1.
+    (TEST, {("s", "dk"): 3.5, ("sd", "k"): 3.0, ("sk", "d"): 3.65}, -0.5),
+    # s|dk 1 + 1 + 2 = 4, sd|k 0.75 + 0.75 + 1.5 = 3, sk|d 0.5 + 2 + 0.5 = 3 (a tie): total ranks
+    # [3, 1.5, 1.5], deviations [1, −0.5, −0.5]: Σ dx·dy = 1 + 0 + 0.5 = 1.5, Σ dy² = 1.5, so
+    # ρ = 1.5 / √(2 · 1.5) = √3 / 2 ≈ 0.866 (ties ranked 1, 2 instead: 0.5).
+    ({"s": {"s": 1.0}, "dk": {"d": 1.0, "k": 2.0}, "sd": {"s": 0.75, "d": 0.75}, "k": {"k": 1.5},
+      "sk": {"s": 0.5, "k": 2.0}, "d": {"d": 0.5}},
+     {("s", "dk"): 4.0, ("sd", "k"): 3.0, ("sk", "d"): 3.0}, np.sqrt(3) / 2),
+])
+def test_oracle_records_each_partitions_score_losses_and_their_spearman(losses, totals, rho) -> None:
+    method = _oracle_after_the_merge()
+    method.affinity = ORACLE_AFFINITY
+    method.tested(losses)
+    entries = {tuple(p["groups"]): p for p in method.details["oracle_partitions"]}
+    assert set(entries) == set(ORACLE_SCORES)
+    for groups, entry in entries.items():
+        indices = [["sdk".index(t) for t in g] for g in groups]
+        assert entry["score"] == pytest.approx(partition_score(ORACLE_AFFINITY, indices))
+        assert entry["score"] == pytest.approx(ORACLE_SCORES[groups])
+        assert entry["total_test_loss"] == pytest.approx(totals[groups])
+        assert entry["test_loss"] == {t: losses[g][t] for g in groups for t in g}
+    assert entries[("s", "dk")]["test_loss"] == {"s": losses["s"]["s"], "d": losses["dk"]["d"],
+                                                 "k": losses["dk"]["k"]}
+    assert entries[("sk", "d")]["test_loss"] == {"s": losses["sk"]["s"], "k": losses["sk"]["k"],
+                                                 "d": losses["d"]["d"]}
+    assert method.details["oracle_score_spearman"] == pytest.approx(rho)
