@@ -16,6 +16,7 @@ import numpy as np
 
 from mas_flower.methods.base import FederationSpec, Method, Stage, StageOutcome, register_method
 from mas_flower.splitting import hoa_split
+from mas_flower.splitting.hoa import median_abs_gain, pair_gains
 
 
 @register_method("hoa")
@@ -32,15 +33,28 @@ class HigherOrderApproximation(Method):
         if outcome.stage.phase != "pairs":
             return None
         tasks = self.settings.task_set
-        val = outcome.val_losses
-        single = [val[t][t] for t in tasks]
-        pair = np.zeros((len(tasks), len(tasks)))
-        for (i, a), (j, b) in combinations(enumerate(tasks), 2):
-            pair[i, j], pair[j, i] = val[a + b][b], val[a + b][a]
+        single, pair = self.pair_losses(outcome.val_losses)
+        self.record_pair_gains(single, pair)
         result = hoa_split(single, pair, self.settings.splits, tasks=list(tasks),
                            single_cost=self.settings.hoa_single_cost)
         self.splits = result.labels(tasks)
-        self.details.update(hoa_single_val_loss=dict(zip(tasks, single, strict=True)),
-                            hoa_pair_val_loss=pair.tolist(), hoa_estimated_total=float(result.score),
-                            hoa_optimal=bool(result.optimal))
+        self.details.update(hoa_estimated_total=float(result.score), hoa_optimal=bool(result.optimal))
         return self.stage("groups", [FederationSpec(g, g) for g in self.splits])
+
+    def pair_losses(self, losses: dict[str, dict[str, float]]) -> tuple[list[float], np.ndarray]:
+        """(single[j], pair[i, j]) from stage 1's losses per network: pair[i, j] is task j's loss in
+        the network of {i, j}."""
+        tasks = self.settings.task_set
+        single = [losses[t][t] for t in tasks]
+        pair = np.zeros((len(tasks), len(tasks)))
+        for (i, a), (j, b) in combinations(enumerate(tasks), 2):
+            pair[i, j], pair[j, i] = losses[a + b][b], losses[a + b][a]
+        return single, pair
+
+    def record_pair_gains(self, single: list[float], pair: np.ndarray, split: str = "val") -> None:
+        """Stage 1's losses and the pair-gain matrix g (`pair_gains`) with its median |g| in `details`."""
+        g = pair_gains(single, pair)
+        self.details.update({f"hoa_single_{split}_loss": dict(zip(self.settings.task_set, single, strict=True)),
+                             f"hoa_pair_{split}_loss": pair.tolist(),
+                             f"pair_gain_{split}": [[None if np.isnan(v) else float(v) for v in row] for row in g],
+                             f"pair_gain_{split}_median_abs": median_abs_gain(g)})

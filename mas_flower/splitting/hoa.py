@@ -170,3 +170,30 @@ def _without_redundant(s: np.ndarray, p: np.ndarray, picked: list[tuple[int, ...
             values[row, j] = -v
     picked = [picked[i] for i in drop_redundant(values, list(range(len(picked))))]
     return SplitResult(canonical(picked), hoa_total(s, p, picked), True)
+
+
+def pair_gains(single: Sequence[float], pair: np.ndarray) -> np.ndarray:
+    """The relative pair gain g[i, j] = (L_j alone − L_j with i) / L_j alone (Standley et al.'s
+    measure of transfer, oriented like the affinity: row i helps column j); NaN on the diagonal.
+
+    `single[j]` is task j's loss as a single-task network, `pair[i, j]` task j's loss in the network
+    of pair {i, j} (HOA's `hoa_pair_val_loss`). g > 0: training with i helped j. Raises ValueError
+    for mismatched shapes or a non-positive single loss.
+    """
+    s = np.asarray(single, dtype=float)
+    p = np.asarray(pair, dtype=float)
+    if p.shape != (len(s), len(s)):
+        raise ValueError(f"pair losses of shape {p.shape} for {len(s)} single losses")
+    if not np.all(s > 0):
+        raise ValueError(f"single-task losses must be positive, got {s.tolist()}")
+    g = (s[None, :] - p) / s[None, :]
+    np.fill_diagonal(g, np.nan)
+    return g
+
+
+def median_abs_gain(g: np.ndarray) -> float:
+    """Median |g| over the off-diagonal entries: how strongly tasks interact (Standley et al.'s
+    Taskonomy measurements give 0.023–0.072; below ~0.01 grouping cannot pay beyond noise)."""
+    g = np.asarray(g, dtype=float)
+    off = g[~np.eye(len(g), dtype=bool)]
+    return float(np.median(np.abs(off[np.isfinite(off)])))

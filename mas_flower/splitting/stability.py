@@ -66,6 +66,8 @@ def bootstrap_affinity(rounds: Sequence[Sequence[AffinityReport]], rng: np.rando
     (a draw whose clients have no lookahead batch at all is drawn again)."""
     means = []
     for reports in rounds:
+        if sum(r.count for r in reports) <= 0:
+            raise ValueError("a round without any lookahead batch cannot be resampled")
         while True:
             picked = [reports[i] for i in rng.integers(0, len(reports), size=len(reports))]
             if sum(r.count for r in picked) > 0:
