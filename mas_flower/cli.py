@@ -58,11 +58,19 @@ def synth(out: Annotated[Path, typer.Option(help="output folder (created)")],
           views: Annotated[int, typer.Option(help="views per building")] = 48,
           size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
           seed: Annotated[int, typer.Option(help="random seed of the generator")] = 0,
-          workers: Annotated[int, typer.Option(help="processes rendering buildings in parallel")] = 1) -> int:
+          workers: Annotated[int, typer.Option(help="processes rendering buildings in parallel")] = 1,
+          twins: Annotated[str, typer.Option(help="twin tasks (copy, source), e.g. 'kt,ed': keypoints copied from "
+                                             "edge texture, occlusion edges from depth; a split with a known "
+                                             "answer")] = "") -> int:
     """Write a synthetic dataset in Taskonomy's layout and encodings."""
     from mas_flower.synthetic import generate_dataset
+    from mas_flower.synthetic.twins import apply_twins, parse_twins
 
+    if twins:
+        parse_twins(twins)  # refuse a bad spec before rendering anything
     generate_dataset(out, buildings=buildings, views=views, size=size, seed=seed, workers=workers)
+    if twins:
+        apply_twins(out, twins)
     return 0
 
 
