@@ -14,7 +14,8 @@ from PIL import Image
 from mas_flower.bench import run_line
 from mas_flower.report import affinity_scale, cogrouping, make_report, provenance, task_order
 from mas_flower.results import RESULTS_FILE
-from mas_flower.summary import load_runs, summarise, timing, write_summary
+from mas_flower.strategy.outputs import summary as run_summary
+from mas_flower.summary import load_runs, oracle_partition_delta_m, summarise, timing, write_summary
 
 CONFIG = {"model": "tiny", "image-size": 32, "num-rounds": 4, "merge-rounds": 3, "clients-per-round": 2,
           "local-epochs": 1, "batch-size": 4, "lr": 0.1, "affinity-rounds": 2, "affinity-every": 1}
@@ -84,7 +85,7 @@ def test_summary_has_a_std_for_every_mean_and_delta_m_against_one_by_one(suite: 
     columns = list(next(iter(table.values())))
     means = [c for c in columns if c.endswith("_mean")]
     assert means and all(c.removesuffix("_mean") + "_std" in columns for c in means)
-    others = ["method", "task_set", "runs", "server_strategy", "server_hyperparameters"]
+    others = ["method", "task_set", "runs", "server_strategy", "server_hyperparameters", "low_skill_runs"]
     assert len(means) + len([c for c in columns if c.endswith("_std")]) + len(others) == len(columns)
     assert [c for c in columns if not c.endswith(("_mean", "_std"))] == others
     for name in ("delta_m_pct", "delta_m_loss_pct", "train_tflops", "eval_tflops", "s_miou", "d_rmse_m", "k_l1",
@@ -167,3 +168,124 @@ def test_oracle_rank_in_the_summary_and_the_bench_line(tmp_path: Path) -> None:
     line = run_line(runs[0].results, launch_seconds=3630.0)
     assert "compute share 75%" in line and "30 s outside the ServerApp" in line and text in line
     assert "first round +7.0 s over the median round" in line
+
+
+# Issue 17: skill, split stability, the oracle's Spearman and per-partition Δm%, pair gains ------------
+
+#: MAS's test skill per seed: seed 0 has d below LOW_SKILL (0.1)
+MAS_SKILL = {0: {"s": 0.6, "d": 0.05, "k": 0.3}, 1: {"s": 0.8, "d": 0.25, "k": 0.35}}
+#: Oracle partitions of seed 0, best first, with their per-task test losses (one-by-one's mean: s 2, d 1, k 0.5)
+PARTITIONS = [
+    {"groups": ["s", "dk"], "total_test_loss": 3.0, "score": 0.25, "test_loss": {"s": 1.0, "d": 1.5, "k": 0.5}},
+    {"groups": ["sd", "k"], "total_test_loss": 3.05, "score": -0.5, "test_loss": {"s": 2.0, "d": 0.8, "k": 0.25}},
+    {"groups": ["sk", "d"], "total_test_loss": 4.5, "score": 0.125, "test_loss": {"s": 3.0, "d": 1.0, "k": 0.5}}]
+#: HOA's pair gains per seed: row i helps column j, asymmetric, None on the diagonal
+GAINS = {0: [[None, 0.05, -0.02], [0.3, None, 0.04], [-0.01, 0.08, None]],
+         1: [[None, -0.4, 0.02], [0.01, None, 0.03], [0.02, 0.05, None]]}
+
+
+@pytest.fixture
+def evidence(tmp_path: Path) -> Path:
+    root = tmp_path / "evidence"
+    for seed in (0, 1):
+        _write_run(root, f"one-by-one-sdk-seed{seed}", method="one-by-one", seed=seed, test_loss=BASE_LOSS[seed],
+                   test_skill={"s": 0.5, "d": 0.5, "k": 0.5})
+        _write_run(root, f"fedavg-sdk-seed{seed}", method="fedavg", seed=seed, test_loss=BASE_LOSS[seed])  # no skill
+        _write_run(root, f"mas-x2-sdk-seed{seed}", method="mas", seed=seed, test_loss=MAS_LOSS[seed],
+                   splits=MAS_GROUPS[seed], test_skill=MAS_SKILL[seed], split_stability=(0.9, 0.6)[seed])
+        rho = (-0.5, 0.25)[seed]
+        details = {"oracle_partitions": PARTITIONS if seed == 0 else [{k: p[k] for k in ("groups", "total_test_loss")}
+                                                                     for p in PARTITIONS],
+                   "oracle_mas_partition": ["sd", "k"], "oracle_mas_rank": 2, "oracle_mas_total_test_loss": 3.05,
+                   "oracle_partition_count": 3, "oracle_score_spearman": rho}
+        _write_run(root, f"oracle-x2-sdk-seed{seed}", method="oracle", seed=seed, test_loss=MAS_LOSS[seed],
+                   splits=["sd", "k"], details=details, oracle_mas_rank=2, oracle_score_spearman=rho)
+        _write_run(root, f"hoa-x2-sdk-seed{seed}", method="hoa", seed=seed, test_loss=MAS_LOSS[seed],
+                   splits=["sd", "k"],
+                   details={"pair_gain_val": GAINS[seed], "pair_gain_val_median_abs": (0.04, 0.02)[seed]})
+    return root
+
+
+def test_skill_columns_and_the_low_skill_flag(evidence: Path) -> None:
+    runs = load_runs([evidence])
+    rows = {row.method: row for row in summarise(runs)}
+    mas = rows["mas-2"]
+    # s 0.6/0.8, d 0.05/0.25, k 0.3/0.35; each seed's lowest: 0.05 and 0.25
+    assert mas.skill["s"] == pytest.approx((0.7, 0.1)) and mas.skill["d"] == pytest.approx((0.15, 0.1))
+    assert mas.skill["k"] == pytest.approx((0.325, 0.025)) and mas.min_skill == pytest.approx((0.15, 0.1))
+    assert mas.low_skill_runs == 1 and rows["one-by-one"].low_skill_runs == 0
+    fedavg = rows["fedavg"]  # older runs: no skill recorded, nothing flagged
+    assert fedavg.skill == {} and fedavg.min_skill is None and fedavg.low_skill_runs is None
+
+    csv_path, md_path = write_summary(evidence, runs)
+    table = {r["method"]: r for r in csv.DictReader(csv_path.open())}
+    assert float(table["mas-2"]["test_skill_d_mean"]) == pytest.approx(0.15)
+    assert float(table["mas-2"]["test_skill_d_std"]) == pytest.approx(0.1)
+    assert float(table["mas-2"]["test_skill_min_mean"]) == pytest.approx(0.15)
+    assert float(table["one-by-one"]["test_skill_min_std"]) == 0.0
+    assert table["mas-2"]["low_skill_runs"] == "1" and table["one-by-one"]["low_skill_runs"] == "0"
+    assert table["fedavg"]["low_skill_runs"] == "" and table["fedavg"]["test_skill_s_mean"] == ""
+    md = md_path.read_text()
+    assert "| MAS-2 | 0.700 ± 0.100 | 0.150 ± 0.100 | 0.325 ± 0.025 | 0.150 ± 0.100 **low skill** (1 of 2 runs) |" in md
+    assert "Low skill (< 0.1): `mas-x2-sdk-seed0` d 0.050" in md
+    mas_row = next(line for line in md.splitlines() if line.startswith("| MAS-2 | 2 |"))
+    assert "0.150 ± 0.100 **low skill** (1 of 2 runs)" in mas_row  # and in the main table
+    runs_csv = {(r["run"], r["task"]): r for r in csv.DictReader((evidence / "runs.csv").open())}
+    assert float(runs_csv[("mas-x2-sdk-seed1", "k")]["test_skill"]) == 0.35
+    assert runs_csv[("fedavg-sdk-seed0", "s")]["test_skill"] == ""
+
+
+def test_split_stability_spearman_and_median_gain_columns(evidence: Path) -> None:
+    runs = load_runs([evidence])
+    rows = {row.method: row for row in summarise(runs)}
+    assert rows["mas-2"].extra["split_stability"] == pytest.approx((0.75, 0.15))
+    assert rows["oracle-2"].extra["oracle_score_spearman"] == pytest.approx((-0.125, 0.375))
+    assert rows["hoa-2"].extra["pair_gain_val_median_abs"] == pytest.approx((0.03, 0.01))  # from `details`
+    assert "split_stability" not in rows["hoa-2"].extra and "pair_gain_val_median_abs" not in rows["mas-2"].extra
+
+    csv_path, md_path = write_summary(evidence, runs)
+    table = {r["method"]: r for r in csv.DictReader(csv_path.open())}
+    assert float(table["mas-2"]["split_stability_mean"]) == pytest.approx(0.75)
+    assert float(table["mas-2"]["split_stability_std"]) == pytest.approx(0.15)
+    assert float(table["oracle-2"]["oracle_score_spearman_std"]) == pytest.approx(0.375)
+    assert float(table["hoa-2"]["pair_gain_val_median_abs_mean"]) == pytest.approx(0.03)
+    assert table["fedavg"]["split_stability_mean"] == ""
+    runs_csv = {(r["run"], r["task"]): r for r in csv.DictReader((evidence / "runs.csv").open())}
+    assert float(runs_csv[("hoa-x2-sdk-seed1", "s")]["pair_gain_val_median_abs"]) == 0.02
+    md = md_path.read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Method | Runs |"))
+    assert "| Min skill | Split stability | ρ(score, loss) | Median \\|g\\| |" in header
+    assert "0.750 ± 0.150" in next(line for line in md.splitlines() if line.startswith("| MAS-2 | 2 |"))
+    assert "-0.125 ± 0.375" in next(line for line in md.splitlines() if line.startswith("| Oracle-2 | 2 |"))
+    assert "0.0300 ± 0.0100" in next(line for line in md.splitlines() if line.startswith("| HOA-2 | 2 |"))
+
+
+def test_oracle_partitions_with_delta_m_against_one_by_one(evidence: Path) -> None:
+    runs = load_runs([evidence])
+    md = write_summary(evidence, runs)[1].read_text()
+    assert ("| Oracle-2 | 0 | MAS's choice sd,k ranks 2 of 3 (total test loss 3.05; best s,dk 3); "
+            "ρ(score, loss) -0.50 |") in md
+    # one-by-one's mean losses: s 2, d 1, k 0.5. s,dk: s +50 %, d −50 %, k 0 -> 0; sd,k: s 0, d +20 %,
+    # k +50 % -> +23.33; sk,d: s −50 % -> −16.67. Seed 1's partitions record no per-task losses: no rows.
+    assert "| Oracle-2 | 0 | `s,dk` | 0.25 | 3 | +0.00 |" in md
+    assert "| Oracle-2 | 0 | `sd,k` (MAS) | -0.5 | 3.05 | +23.33 |" in md
+    assert "| Oracle-2 | 0 | `sk,d` | 0.125 | 4.5 | -16.67 |" in md
+    assert "| Oracle-2 | 1 | `s" not in md
+    oracle = next(r for r in runs if r.label == "oracle-2" and r.seed == 0)
+    assert oracle_partition_delta_m(oracle.results, None) == [None, None, None]  # no baseline
+
+
+def test_the_runs_closing_summary_names_the_split_evidence(tmp_path: Path) -> None:
+    base = {"method": "hoa", "task_set": "sdk", "splits": ["sd", "k"], "affinity": None,
+            "test_loss": {"s": 1.0, "d": 2.0, "k": 0.5}, "total_test_loss": 3.5, "wall_seconds": 10.0,
+            "client_train_seconds": 5.0, "energy_estimated": True, "energy_kwh": 0.0, "co2_g": 0.0,
+            "energy_method": "estimate"}
+    hoa = run_summary({**base, "details": {"pair_gain_val": GAINS[0], "pair_gain_val_median_abs": 0.04}}, tmp_path)
+    assert "pair gain g[i->j] on val (row i helps column j), median |g| 0.0400:" in hoa
+    assert "    d    0.3000        -   0.0400" in hoa.splitlines()
+    assert "split stability" not in hoa and "Spearman" not in hoa
+    mas = run_summary({**base, "method": "mas", "split_stability": 0.875}, tmp_path)
+    assert "split stability: 0.875 (share of client bootstrap resamples giving the same split)" in mas
+    assert "pair gain" not in mas
+    oracle = run_summary({**base, "method": "oracle", "oracle_score_spearman": -0.6}, tmp_path)
+    assert "oracle: Spearman rho(partition score, total test loss) = -0.600" in oracle

@@ -127,6 +127,20 @@ def summary(results: dict[str, Any], run_dir: Path) -> str:
     if results.get("test_skill"):
         lines.append("test skill (1 - loss / best constant's loss): "
                      + "  ".join(f"{t}={v:.3f}" for t, v in results["test_skill"].items()))
+    if results.get("split_stability") is not None:
+        lines.append(f"split stability: {results['split_stability']:.3f} (share of client bootstrap resamples "
+                     "giving the same split)")
+    if results.get("oracle_score_spearman") is not None:
+        lines.append(f"oracle: Spearman rho(partition score, total test loss) = {results['oracle_score_spearman']:.3f} "
+                     "(-1: a higher score always meant a lower loss)")
+    details = results.get("details") or {}
+    for split in ("val", "test"):
+        if details.get(f"pair_gain_{split}") is not None:
+            lines.append(f"pair gain g[i->j] on {split} (row i helps column j), median |g| "
+                         f"{details[f'pair_gain_{split}_median_abs']:.4f}:")
+            lines.append("      " + "".join(f"{t:>9}" for t in results["task_set"]))
+            for t, row in zip(results["task_set"], details[f"pair_gain_{split}"], strict=True):
+                lines.append(f"  {t:>3} " + "".join(f"{'-':>9}" if v is None else f"{v:9.4f}" for v in row))
     lines.append(f"total test loss: {results['total_test_loss']:.4f}")
     lines.append(f"time: wall {results['wall_seconds']:.1f} s, client training {results['client_train_seconds']:.1f} s")
     estimated = " (estimated)" if results["energy_estimated"] else ""
