@@ -12,6 +12,13 @@ validation-loss and affinity-rounds figures only).
   report shares one colour scale (± the largest off-diagonal |A| of all of them) and one task order
   (the paper's, `sdnkterca`), so heatmaps of different methods and seeds compare cell by cell; the
   cells of each chosen group are outlined in the group's colour.
+- `pair-gain-<task set>-<method>.png`: HOA's and pairs' relative pair gain on the validation split,
+  g[i→j] = (L_j alone − L_j with i) / L_j alone (`details.pair_gain_val`), per seed, with its median
+  |g| in each panel's title; one symmetric colour scale (± the largest |g| of the report), diverging
+  around 0, the paper's task order.
+- `validation-skill-<task set>.png`: each task's validation skill (1 − loss / the best constant's
+  loss) per round, per method, mean ± std over seeds, from the networks that reach the task's
+  highest skill that round (as the validation-loss curve takes each task's lowest loss).
 - `cogrouping-<task set>.png` and `cogrouping.csv`: per splitting method, how often each pair of
   tasks shared a group across seeds (the split stability the supplementary's Table 2 discusses).
 - `loss-vs-energy.png`: total test loss against energy per method, error bars = std over seeds.
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mas_flower.constant import LOW_SKILL
 from mas_flower.live import LIVE_FILE, read_live
 from mas_flower.summary import Run, display_name, find_run_dirs, load_runs, summarise, write_summary
 from mas_flower.tasks import ALL_LETTERS, TASKS
@@ -60,7 +68,11 @@ def make_report(paths: list[Path], out: Path | None = None) -> list[Path]:
     colours = _colours(order)
     note = provenance(runs + live)
     written = [_validation_loss(groups, order, colours, out / "validation-loss.png", note)]
-    scale = affinity_scale(runs)
+    for ts in dict.fromkeys(ts for ts, _ in groups):
+        if any(_val_skills(r) for (t, _), members in groups.items() if t == ts for r in members):
+            written.append(_validation_skill(groups, ts, order, colours, out / f"validation-skill-{_safe(ts)}.png",
+                                             note))
+    scale, gain_scale = affinity_scale(runs), pair_gain_scale(runs)
     for (ts, label), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
         members = sorted(members, key=lambda r: r.seed)
         name = _safe(f"{ts}-{label}")
@@ -68,6 +80,8 @@ def make_report(paths: list[Path], out: Path | None = None) -> list[Path]:
             written.append(_affinity_rounds(members, ts, label, out / f"affinity-rounds-{name}.png", note))
         if any(r.results.get("affinity") for r in members):
             written.append(_affinity_matrices(members, ts, label, out / f"affinity-matrix-{name}.png", scale, note))
+        if any(_pair_gain(r) is not None for r in members):
+            written.append(_pair_gain_matrices(members, ts, label, out / f"pair-gain-{name}.png", gain_scale, note))
     frequencies = cogrouping(groups)
     if frequencies:
         write_cogrouping_csv(out / "cogrouping.csv", frequencies)
@@ -126,6 +140,12 @@ def affinity_scale(runs: list[Run]) -> float:
             off = off[np.isfinite(off)]
             largest = max(largest, float(off.max()) if off.size else 0.0)
     return largest or 1.0
+
+
+def pair_gain_scale(runs: list[Run]) -> float:
+    """The shared colour scale of every pair-gain heatmap: the largest finite |g[i→j]| (1 without any)."""
+    values = [np.abs(m[np.isfinite(m)]) for r in runs if (m := _pair_gain(r)) is not None]
+    return max((float(v.max()) for v in values if v.size), default=0.0) or 1.0
 
 
 def task_order(tasks: str) -> str:
@@ -265,6 +285,60 @@ def _affinity_matrices(runs: list[Run], ts: str, label: str, path: Path, scale: 
     return _save(fig, plt, path)
 
 
+def _pair_gain_matrices(runs: list[Run], ts: str, label: str, path: Path, scale: float, note: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if _pair_gain(r) is not None]
+    order = task_order(ts)
+    idx = [ts.index(t) for t in order]
+    fig, axes = plt.subplots(1, len(runs), figsize=(max(4.6 * len(runs), 6.5), 4.9), squeeze=False)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
+    for ax, run in zip(axes[0], runs, strict=True):
+        g = _pair_gain(run)[np.ix_(idx, idx)]
+        image = ax.imshow(np.ma.masked_invalid(g), cmap=cmap, vmin=-scale, vmax=scale)
+        for a in range(len(order)):
+            for b in range(len(order)):
+                if np.isfinite(g[a, b]):
+                    ax.text(b, a, f"{g[a, b]:.2g}", ha="center", va="center", fontsize=7,
+                            color="black" if abs(g[a, b]) < 0.6 * scale else "white")
+        ax.set_xticks(range(len(order)), list(order))
+        ax.set_yticks(range(len(order)), list(order))
+        median = run.results["details"].get("pair_gain_val_median_abs")
+        ax.set(xlabel="j (task helped)", ylabel="i (partner task)",
+               title=f"seed {run.seed}: median |g| " + ("-" if median is None else f"{median:.3g}"))
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="g[i → j] (diagonal grey)")
+    _suptitle(fig, f"{display_name(label, False)} on `{ts}`: pair gain g[i → j] = (L_j alone − L_j with i) / "
+              f"L_j alone, validation losses (shared scale ±{scale:.2g})", note, fontsize=10)
+    return _save(fig, plt, path)
+
+
+def _validation_skill(groups: Curves, ts: str, order: list[str], colours: dict[str, str], path: Path,
+                      note: str) -> Path:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    tasks = task_order(ts)
+    fig, axes = _grid(len(tasks), width=4.2, height=3.2)
+    for ax, t in zip(axes, tasks, strict=False):
+        for label in order:
+            curves = [[s[t] for s in c] for r in groups.get((ts, label), []) if (c := _val_skills(r))]
+            if curves:
+                length = min(len(c) for c in curves)
+                values = np.array([c[:length] for c in curves])
+                x, mean, std = np.arange(1, length + 1), values.mean(axis=0), values.std(axis=0)
+                ax.plot(x, mean, color=colours[label], label=f"{display_name(label, False)} (n={len(curves)})")
+                ax.fill_between(x, mean - std, mean + std, color=colours[label], alpha=0.15, linewidth=0)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.axhline(LOW_SKILL, color="grey", linewidth=0.8, linestyle="--")
+        ax.set(title=f"{t} ({TASKS[t].domain})", xlabel="round (all stages)", ylabel="validation skill")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    _suptitle(fig, f"Validation skill per task on `{ts}` (1 − loss / best constant's loss; 0 = no better than a "
+              f"constant, dashed: {LOW_SKILL}), mean ± std over seeds", note, fontsize=10)
+    return _save(fig, plt, path)
+
+
 def _cogrouping_figure(ts: str, frequencies: dict[str, tuple[np.ndarray, int]], path: Path, note: str) -> Path:
     import matplotlib.pyplot as plt
 
@@ -323,6 +397,25 @@ def _val_totals(run: Run) -> list[float]:
         if all(t in best for t in tasks):
             totals.append(sum(best[t] for t in tasks))
     return totals
+
+
+def _val_skills(run: Run) -> list[dict[str, float]]:
+    """Per history entry in which every task has one: each task's highest validation skill of any network."""
+    tasks, found = run.task_set, []
+    for entry in run.results.get("history", []):
+        best: dict[str, float] = {}
+        for fed in entry.get("federations", {}).values():
+            for t, v in (fed.get("val_skill") or {}).items():
+                best[t] = max(best.get(t, -np.inf), float(v))
+        if all(t in best for t in tasks):
+            found.append(best)
+    return found
+
+
+def _pair_gain(run: Run) -> np.ndarray | None:
+    """`details.pair_gain_val` as floats in the task set's order (NaN on the diagonal), or None."""
+    g = (run.results.get("details") or {}).get("pair_gain_val")
+    return None if g is None else np.array([[np.nan if v is None else v for v in row] for row in g], dtype=float)
 
 
 def _round_affinities(run: Run) -> list[tuple[int, np.ndarray]]:

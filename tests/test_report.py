@@ -1,4 +1,4 @@
-"""`mas-flower report`: the five kinds of PNG figures from a real tiny suite, from run and suite folders."""
+"""`mas-flower report`: the PNG figures of a real tiny suite (validation skill included), from run and suite folders."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_report_of_a_suite_folder(private_homes, tmp_path_factory: pytest.TempPa
     written = [Path(line) for line in capsys.readouterr().out.split()]
     names = sorted(p.name for p in written)
     assert names == ["affinity-matrix-sdk-mas-2.png", "affinity-rounds-sdk-mas-2.png", "cogrouping-sdk.png",
-                     "loss-vs-energy.png", "validation-loss.png"]
+                     "loss-vs-energy.png", "validation-loss.png", "validation-skill-sdk.png"]
     assert all(p.parent == suite / "figures" for p in written)
     for path in written:
         _check_png(path)
@@ -39,9 +39,10 @@ def test_report_of_a_suite_folder(private_homes, tmp_path_factory: pytest.TempPa
 def test_report_of_run_folders(private_homes, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     suite = tiny_suite(tmp_path_factory)
     fedavg = make_report([suite / "runs" / "fedavg-sdk-seed0"], tmp_path / "a")
-    assert sorted(p.name for p in fedavg) == ["loss-vs-energy.png", "validation-loss.png"]  # no affinity measured
+    assert sorted(p.name for p in fedavg) == ["loss-vs-energy.png", "validation-loss.png",  # no affinity measured
+                                              "validation-skill-sdk.png"]
     both = make_report([suite / "runs" / "fedavg-sdk-seed0", suite / "runs" / "mas-x2-sdk-seed0"], tmp_path / "b")
-    assert len(both) == 5  # and the co-grouping of MAS-2's one seed
+    assert len(both) == 6  # and the co-grouping of MAS-2's one seed
     for path in fedavg + both:
         _check_png(path)
 

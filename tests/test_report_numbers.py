@@ -1,5 +1,5 @@
 """The numbers behind `mas-flower report`'s figures, on hand-written results (no run, no PNG): the
-co-grouping frequencies and the validation-loss curve."""
+co-grouping frequencies, the validation-loss and validation-skill curves, the pair-gain scale."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mas_flower.report import _val_totals, cogrouping, write_cogrouping_csv
+from mas_flower.report import _pair_gain, _val_skills, _val_totals, cogrouping, pair_gain_scale, write_cogrouping_csv
 from mas_flower.summary import Run
 
 
@@ -55,3 +55,27 @@ def test_the_validation_curve_takes_each_tasks_best_network() -> None:
     # round 1: s min(1.0, 0.5, 3.0) + d min(2.0, 1.5) + k min(0.25, 4.0) = 0.5 + 1.5 + 0.25 = 2.25
     # (the worst networks would give 3.0 + 2.0 + 4.0 = 9.0); round 3: 0.5 + 0.25 + 2.0 = 2.75
     assert _val_totals(_run(0, None, history)) == pytest.approx([2.25, 2.75])
+
+
+def test_the_skill_curve_takes_each_tasks_best_network() -> None:
+    history = [
+        {"round": 1, "federations": {"s": {"val_skill": {"s": 0.25}}, "sd": {"val_skill": {"s": 0.5, "d": -0.25}},
+                                     "dk": {"val_skill": {"d": 0.125, "k": 0.75}}}},
+        {"round": 2, "federations": {"sd": {"val_loss": {"s": 0.5, "d": 0.75}}}},  # no skill recorded
+        {"round": 3, "federations": {"sd": {"val_skill": {"s": 0.5, "d": 0.2}}}},  # no k: not a full round
+        {"round": 4, "federations": {"sdk": {"val_skill": {"s": 0.625, "d": 0.375, "k": -0.5}}}},
+    ]
+    # round 1: s max(0.25, 0.5), d max(-0.25, 0.125), k 0.75 (the highest skill = the lowest loss)
+    assert _val_skills(_run(0, None, history)) == [{"s": 0.5, "d": 0.125, "k": 0.75},
+                                                    {"s": 0.625, "d": 0.375, "k": -0.5}]
+
+
+def test_pair_gain_scale_is_the_largest_gain_of_all_runs() -> None:
+    hoa = _run(0, ["sd", "k"])
+    hoa.results["details"] = {"pair_gain_val": [[None, 0.05, -0.02], [0.3, None, 0.04], [-0.01, 0.08, None]]}
+    pairs = _run(1, None)
+    pairs.results["details"] = {"pair_gain_val": [[None, -0.4, 0.02], [0.01, None, 0.03], [0.02, 0.05, None]]}
+    g = _pair_gain(hoa)
+    assert g[1, 0] == 0.3 and g[0, 1] == 0.05 and np.isnan(np.diag(g)).all()  # row i helps column j, as recorded
+    assert pair_gain_scale([hoa, pairs]) == 0.4 and pair_gain_scale([hoa]) == 0.3  # |-0.4| counts
+    assert _pair_gain(_run(2, None)) is None and pair_gain_scale([_run(2, None)]) == 1.0  # no gains: default scale

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mas_flower.bench import run_line
-from mas_flower.report import affinity_scale, cogrouping, make_report, provenance, task_order
+from mas_flower.report import affinity_scale, cogrouping, make_report, pair_gain_scale, provenance, task_order
 from mas_flower.results import RESULTS_FILE
 from mas_flower.strategy.outputs import summary as run_summary
 from mas_flower.summary import load_runs, oracle_partition_delta_m, summarise, timing, write_summary
@@ -289,3 +289,19 @@ def test_the_runs_closing_summary_names_the_split_evidence(tmp_path: Path) -> No
     assert "pair gain" not in mas
     oracle = run_summary({**base, "method": "oracle", "oracle_score_spearman": -0.6}, tmp_path)
     assert "oracle: Spearman rho(partition score, total test loss) = -0.600" in oracle
+
+
+def test_report_draws_pair_gains_and_skill_curves(evidence: Path, tmp_path: Path) -> None:
+    skill = [{"round": r, "federations": {"all": {"val_loss": MAS_LOSS[0], "val_skill": {"s": 0.1 * r, "d": 0.2,
+                                                                                        "k": -0.1}}}} for r in (1, 2)]
+    _write_run(evidence, "mas-x2-sdk-seed2", method="mas", seed=2, test_loss=MAS_LOSS[0], splits=MAS_GROUPS[2],
+               history=skill)
+    assert pair_gain_scale(load_runs([evidence])) == pytest.approx(0.4)  # GAINS[1][0][1]: shared by both seeds
+    written = make_report([evidence], tmp_path / "figures")
+    names = sorted(p.name for p in written)
+    assert names == ["cogrouping-sdk.png", "loss-vs-energy.png", "pair-gain-sdk-hoa-2.png", "validation-loss.png",
+                     "validation-skill-sdk.png"]
+    for path in written:
+        with Image.open(path) as image:
+            image.load()
+            assert image.size[0] >= 400 and image.size[1] >= 250
