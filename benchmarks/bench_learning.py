@@ -92,7 +92,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--buildings", type=int, default=6)
     p.add_argument("--views", type=int, default=48)
-    p.add_argument("--size", type=int, default=64, help="image size (and synthetic size)")
+    p.add_argument("--size", type=int, default=64, help="image size")
+    p.add_argument("--synth-size", type=int, default=0, help="synthetic render size (default: --size)")
     p.add_argument("--model", default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test")
@@ -101,9 +102,10 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mas-bench-learning")
     args = p.parse_args()
     torch.set_num_threads(2)
-    root = args.data / f"b{args.buildings}-v{args.views}-s{args.size}-seed{args.seed}"
+    synth = args.synth_size or args.size
+    root = args.data / f"b{args.buildings}-v{args.views}-s{synth}-seed{args.seed}"
     t0 = time.perf_counter()
-    generate_dataset(root, args.buildings, args.views, args.size, args.seed, workers=2)
+    generate_dataset(root, args.buildings, args.views, synth, args.seed, workers=2)
     buildings = [open_building(root, b, args.tasks, args.size, cache_dir=args.data / "cache")
                  for b in list_buildings(root)]
     hist = LabelHistogram(args.tasks)
