@@ -28,7 +28,8 @@ def run_app(overrides: dict, num_supernodes: int) -> None:
 @pytest.fixture(scope="module")
 def mas_run(private_homes, tiny_federation: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out")
-    run_app({"method": "mas", "task-set": "sdnkt", "splits": 2, "num-rounds": 4, "merge-rounds": 2,
+    run_app({"method": "mas", "task-set": "sdnkt", "splits": 2, "num-rounds": 4, "merge-rounds": 2, "lr": 0.1,
+             "local-epochs": 1,
              "affinity-rounds": 2, "affinity-every": 2, "clients-per-round": 3, "batch-size": 4,
              "image-size": 32, "model": "tiny", "data-root": str(tiny_federation), "output-dir": str(out),
              "run-name": "mas-test"}, num_supernodes=4)
@@ -127,7 +128,8 @@ def test_report_draws_an_unfinished_run_from_its_live_file(mas_run: Path, tmp_pa
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # three rounds done so far
     written = make_report([run], tmp_path / "figures")
-    assert sorted(p.name for p in written) == ["affinity-rounds-sdnkt-mas-2.png", "validation-loss.png"]
+    assert sorted(p.name for p in written) == ["affinity-rounds-sdnkt-mas-2.png", "validation-loss.png",
+                                                   "validation-skill-sdnkt.png"]
     assert all(p.stat().st_size > 5000 for p in written)
 
 

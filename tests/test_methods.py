@@ -71,7 +71,8 @@ def test_serving_picks_the_best_validated_group_for_overlapping_tasks() -> None:
 @pytest.mark.parametrize("method", ["fedprox", "gradnorm", "one-by-one", "hoa", "tag"])
 def test_baseline_runs_end_to_end(method: str, private_homes, tiny_federation: Path, tmp_path: Path) -> None:
     run_app({"method": method, "task-set": "sdk", "splits": 2, "num-rounds": 2, "clients-per-round": 2,
-             "batch-size": 4, "image-size": 32, "affinity-every": 2, "data-root": str(tiny_federation),
+             "batch-size": 4, "lr": 0.1, "local-epochs": 1, "image-size": 32, "affinity-every": 2,
+             "data-root": str(tiny_federation),
              "output-dir": str(tmp_path), "run-name": method}, num_supernodes=3)
     results = json.loads((tmp_path / method / "results.json").read_text())
     assert set(results) >= RESULT_KEYS and results["method"] == method
@@ -104,7 +105,7 @@ def test_mas_split_schedule(schedule: str, expected: list[float]) -> None:
     from mas_flower.strategy.federations import ParallelFederations
 
     method = build_method(settings(task_set="sdk", num_rounds=4, merge_rounds=2, affinity_rounds=1,
-                                   split_schedule=schedule))
+                                   split_schedule=schedule, lr=0.1))
     merge = method.first_stage()
     merged = {"encoder.w": np.zeros(1), **{f"decoders.{t}.w": np.zeros(1) for t in "sdk"}}
     affinity = np.array([[0, 1, -1], [1, 0, -1], [-1, -1, 0]], dtype=float)
