@@ -11,6 +11,7 @@ from mas_flower.splitting import mas_split
 from mas_flower.splitting.stability import (
     AffinityReport,
     bootstrap_affinity,
+    partition_effect,
     round_mean,
     split_stability,
     standard_error,
@@ -166,3 +167,35 @@ def test_split_stability_refuses_no_rounds_or_no_resamples() -> None:
     with pytest.raises(ValueError, match="resamples"):
         split_stability(rounds, 2, resamples=0)
     assert split_stability(rounds, 2, resamples=1) == 1.0
+
+
+def test_partition_effect_by_hand() -> None:
+    # seeds × partitions [[1, 2, 4], [2, 2, 5]]: row means 7/3 and 3; partition effects (-7/6, -2/3, 11/6);
+    # residuals ±(1/6, -1/3, 1/6); MS_partition = 2 · (49 + 16 + 121)/36 / 2 = 31/6, MS_residual = (1/3) / 2.
+    fx = partition_effect(np.array([[1.0, 2, 4], [2, 2, 5]]), permutations=3000)
+    assert fx.f == pytest.approx(31.0)
+    assert (fx.df_partition, fx.df_residual) == (2, 2)
+    assert fx.effect_sd == pytest.approx(np.std([-7 / 6, -2 / 3, 11 / 6], ddof=1))
+    assert fx.noise_sd == pytest.approx((1 / 6) ** 0.5)
+    # F depends only on how the second row is aligned with the first: 2 of its 6 orders (the two 2s
+    # swapped) give the observed F, none a larger one.
+    assert fx.p_value == pytest.approx(1 / 3, abs=0.04)
+
+
+def test_a_partition_effect_larger_than_rerun_noise_is_significant() -> None:
+    rng = np.random.default_rng(0)
+    effect = np.linspace(0.0, 0.14, 15)
+    seeds = np.array([[0.0], [0.5], [-0.3]])  # whole runs shift by seed: removed before comparing
+    strong = partition_effect(seeds + effect + rng.normal(0, 0.01, (3, 15)), permutations=500)
+    # no effect at all: with this draw of re-run noise F is about 1 (a planted swap of the residual and
+    # partition mean squares would give about 1 / F)
+    none = partition_effect(seeds + np.random.default_rng(1).normal(0, 0.01, (3, 15)), permutations=500)
+    assert strong.f > 20 and strong.p_value < 0.01
+    assert 0.5 < none.f < 1.5 and none.p_value > 0.3
+
+
+def test_partition_effect_refuses_a_single_seed_or_a_nan() -> None:
+    with pytest.raises(ValueError, match="2 seeds"):
+        partition_effect(np.array([[1.0, 2.0, 3.0]]))
+    with pytest.raises(ValueError, match="not finite"):
+        partition_effect(np.array([[1.0, np.nan], [1.0, 2.0]]))

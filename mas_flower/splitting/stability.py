@@ -17,6 +17,7 @@ lookahead batches without seeing any of them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,3 +89,53 @@ def split_stability(rounds: Sequence[Sequence[AffinityReport]], splits: int, *, 
     rng = np.random.default_rng(seed)
     same = sum(mas_split(bootstrap_affinity(rounds, rng), splits).groups == want for _ in range(resamples))
     return same / resamples
+
+
+@dataclass(frozen=True)
+class PartitionEffect:
+    """Two-way analysis of variance of partition losses, seeds × partitions, one run per cell.
+
+    `f` = MS_partition / MS_residual with `df_partition` = P − 1 and `df_residual` = (S − 1)(P − 1):
+    near 1 (or below the F table's 5 % value) the partitions' losses differ no more than a re-run of the
+    same partition does, so no split choice, however good, can be told from a random one with these seeds.
+    `effect_sd`: the standard deviation over partitions of their seed-centred mean loss; `noise_sd`: the
+    residual standard deviation of a single run.
+    """
+
+    f: float
+    df_partition: int
+    df_residual: int
+    effect_sd: float
+    noise_sd: float
+    p_value: float
+
+
+def partition_effect(losses: np.ndarray, *, permutations: int = 2000, seed: int = 0) -> PartitionEffect:
+    """The seed-adjusted partition effect of `losses` (S seeds × P partitions, the same partition order in
+    every row). The model is loss = seed + partition + noise (Montgomery, Design and Analysis of
+    Experiments, two-factor design without replication). `p_value`: the share of `permutations` draws,
+    each shuffling the partitions within every seed independently, whose F is at least the observed one
+    (a permutation test: no F table needed). Raises ValueError for S < 2 or P < 2 or a non-finite loss."""
+    loss = np.asarray(losses, dtype=float)
+    if loss.ndim != 2 or loss.shape[0] < 2 or loss.shape[1] < 2:
+        raise ValueError(f"partition_effect needs at least 2 seeds × 2 partitions, got shape {loss.shape}")
+    if not np.isfinite(loss).all():
+        raise ValueError("partition_effect: a loss is not finite")
+    seeds, parts = loss.shape
+    f, effect, ms_r = _anova(loss)
+    rng = np.random.default_rng(seed)
+    shuffled = (_anova(rng.permuted(loss, axis=1))[0] for _ in range(permutations))
+    p_value = sum(g >= f - 1e-12 for g in shuffled) / permutations if permutations > 0 else math.nan
+    return PartitionEffect(f=f, df_partition=parts - 1, df_residual=(seeds - 1) * (parts - 1),
+                           effect_sd=float(effect.std(ddof=1)), noise_sd=math.sqrt(ms_r), p_value=p_value)
+
+
+def _anova(loss: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """(F, the partitions' seed-centred mean losses, the residual mean square) of a seeds × partitions table."""
+    seeds, parts = loss.shape
+    centred = loss - loss.mean(axis=1, keepdims=True)
+    effect = centred.mean(axis=0)
+    residual = centred - effect
+    ms_p = seeds * float((effect ** 2).sum()) / (parts - 1)
+    ms_r = float((residual ** 2).sum()) / ((seeds - 1) * (parts - 1))
+    return (ms_p / ms_r if ms_r > 0 else math.inf), effect, ms_r
