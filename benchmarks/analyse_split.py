@@ -7,7 +7,8 @@ its TAG runs (affinity measured in every round of the all-in-one network) and HO
 when present. Prints:
 1. The partition effect: a two-way analysis of variance of the partitions' total test losses, seeds ×
    partitions (`mas_flower.splitting.stability.partition_effect`). With p well above 0.05 the
-   partitions differ no more than re-runs do, and the oracle's ranking is mostly noise.
+   partitions differ no more than re-runs do, and the oracle's ranking is mostly noise. The same per
+   task: a task whose loss depends on its partition while the total does not is traded against others.
 2. How the partition ranking agrees between seeds (Spearman's ρ of the total test losses).
 3. MAS's pick replayed on affinities averaged over the first w rounds of the all-in-one network, for
    several windows w, with its oracle rank (1 = best) and ρ(score, loss). The TAG run's all-in-one
@@ -83,6 +84,9 @@ def main() -> None:
     print(f"{len(keys)} partitions × {len(seeds)} seeds (total test loss)")
     print(f"1. partition effect: F({fx.df_partition}, {fx.df_residual}) = {fx.f:.2f}, permutation p = "
           f"{fx.p_value:.3f}; partitions' spread (sd) {fx.effect_sd:.4f} against a re-run's {fx.noise_sd:.4f}")
+    per_task = {t: partition_effect(np.array([[parts[s][k]["test_loss"][t] for k in keys] for s in seeds]))
+                for t in tasks}
+    print("   per task: " + ", ".join(f"{t} F {e.f:.1f} (p {e.p_value:.3f})" for t, e in per_task.items()))
     print(f"2. partition ranking between seeds: mean Spearman ρ {mean_pairwise([list(r) for r in losses]):+.2f}")
     tag = runs(args.suite, f"tag-x{args.splits}-{tasks}") or runs(args.suite, f"tag-x2-{tasks}")
     hoa = runs(args.suite, f"hoa-x{args.splits}-{tasks}") or runs(args.suite, f"hoa-x2-{tasks}")
