@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ def energy_summary(ledger: Ledger, remote_nodes: int) -> dict[str, Any]:
     """Energy of the run: this machine's meter (once, however many clients it ran) plus what nodes
     on other machines measured of their own training."""
     local = ledger.local_energy
-    methods = sorted({part["method"] for part in local})
+    methods = distinct_methods([part["method"] for part in local])
     if remote_nodes:
         methods.append(f"{remote_nodes} remote node(s) metered their own training")
     intensity = local[0]["intensity_g_per_kwh"] if local else None
@@ -35,6 +36,32 @@ def energy_summary(ledger: Ledger, remote_nodes: int) -> dict[str, Any]:
         "energy_parts": local,
         "energy_covers": energy_coverage(ledger, remote_nodes),
     }
+
+
+def distinct_methods(methods: list[str]) -> list[str]:
+    """Each way of metering once, in first-seen order, with how many parts used it: the parts of a run
+    (one per round) differ only in their numbers (seconds, watts, samples), so their texts are grouped
+    by the text with every number blanked. Returns e.g. ['carbontracker 2.4.7: cpu 35.61 W ... (21 parts)']."""
+    groups: dict[str, list[str]] = {}
+    for method in methods:
+        groups.setdefault(re.sub(r"\d+(?:\.\d+)?", "#", method), []).append(method)
+    return [texts[0] + (f" (first of {len(texts)} parts metered alike)" if len(texts) > 1 else "")
+            for texts in groups.values()]
+
+
+def energy_brief(results: dict[str, Any]) -> str:
+    """One short line on what the energy figure is: measured or estimated, which components were
+    measured, mean power x seconds x PUE (the full text is results.json's `energy_method`)."""
+    parts = results.get("energy_parts") or []
+    if not parts:
+        return f"{'estimated' if results['energy_estimated'] else 'measured'}: {results['energy_method']}"
+    seconds = sum(p["seconds"] for p in parts)
+    watts = sum(p["mean_power_w"] * p["seconds"] for p in parts) / seconds if seconds > 0 else 0.0
+    measured = sorted({c for p in parts for c in p.get("components", [])})
+    what = f"measured: {', '.join(measured)}" if measured else "no component measured, a constant power assumed"
+    label = "ESTIMATED" if results["energy_estimated"] else "measured"
+    return (f"{label} ({what}): mean {watts:.1f} W x {seconds:.0f} s x PUE {parts[0]['pue']:g}; "
+            "how: results.json energy_method")
 
 
 def energy_coverage(ledger: Ledger, remote_nodes: int) -> str:
@@ -143,8 +170,6 @@ def summary(results: dict[str, Any], run_dir: Path) -> str:
                 lines.append(f"  {t:>3} " + "".join(f"{'-':>9}" if v is None else f"{v:9.4f}" for v in row))
     lines.append(f"total test loss: {results['total_test_loss']:.4f}")
     lines.append(f"time: wall {results['wall_seconds']:.1f} s, client training {results['client_train_seconds']:.1f} s")
-    estimated = " (estimated)" if results["energy_estimated"] else ""
-    lines.append(f"energy{estimated}: {results['energy_kwh']:.6f} kWh, {results['co2_g']:.3f} gCO2eq "
-                 f"[{results['energy_method']}]")
+    lines.append(f"energy: {results['energy_kwh']:.6f} kWh, {results['co2_g']:.3f} gCO2eq, {energy_brief(results)}")
     return "\n".join(lines) + "\n" + json.dumps({"splits": results["splits"],
                                                  "total_test_loss": results["total_test_loss"]})
