@@ -23,7 +23,9 @@ validation-loss and affinity-rounds figures only).
   tasks shared a group across seeds (the split stability the supplementary's Table 2 discusses).
 - `loss-vs-energy.png`: total test loss against energy per method, error bars = std over seeds.
 
-Every figure's title names the suite (the folder holding `runs/`) and the settings of its runs.
+Every figure's title names where the runs it shows come from and their settings (`provenance`): the
+suite (the folder holding `runs/`), or each run folder outside a suite by its own settings. The title
+is also the PNG's `Title` metadata.
 summary.csv, summary.md and runs.csv (`mas_flower.summary`) are written beside the figures.
 """
 
@@ -71,27 +73,33 @@ def make_report(paths: list[Path], out: Path | None = None) -> list[Path]:
     for ts in dict.fromkeys(ts for ts, _ in groups):
         if any(_val_skills(r) for (t, _), members in groups.items() if t == ts for r in members):
             written.append(_validation_skill(groups, ts, order, colours, out / f"validation-skill-{_safe(ts)}.png",
-                                             note))
+                                             provenance(_of_task_set(groups, ts))))
     scale, gain_scale = affinity_scale(runs), pair_gain_scale(runs)
     for (ts, label), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
         members = sorted(members, key=lambda r: r.seed)
-        name = _safe(f"{ts}-{label}")
+        name, own = _safe(f"{ts}-{label}"), provenance(members)  # titled by these runs' own settings
         if any(_round_affinities(r) for r in members):
-            written.append(_affinity_rounds(members, ts, label, out / f"affinity-rounds-{name}.png", note))
+            written.append(_affinity_rounds(members, ts, label, out / f"affinity-rounds-{name}.png", own))
         if any(r.results.get("affinity") for r in members):
-            written.append(_affinity_matrices(members, ts, label, out / f"affinity-matrix-{name}.png", scale, note))
+            written.append(_affinity_matrices(members, ts, label, out / f"affinity-matrix-{name}.png", scale, own))
         if any(_pair_gain(r) is not None for r in members):
-            written.append(_pair_gain_matrices(members, ts, label, out / f"pair-gain-{name}.png", gain_scale, note))
+            written.append(_pair_gain_matrices(members, ts, label, out / f"pair-gain-{name}.png", gain_scale, own))
     frequencies = cogrouping(groups)
     if frequencies:
         write_cogrouping_csv(out / "cogrouping.csv", frequencies)
         for ts in dict.fromkeys(ts for ts, _ in frequencies):
             part = {label: f for (t, label), f in frequencies.items() if t == ts}
-            written.append(_cogrouping_figure(ts, part, out / f"cogrouping-{_safe(ts)}.png", note))
+            written.append(_cogrouping_figure(ts, part, out / f"cogrouping-{_safe(ts)}.png",
+                                              provenance(_of_task_set(groups, ts))))
     if runs:
         written.append(_loss_vs_energy(rows, colours, out / "loss-vs-energy.png", note))
         write_summary(out, runs)
     return written
+
+
+def _of_task_set(groups: Curves, ts: str) -> list[Run]:
+    """The runs of `groups` on task set `ts`."""
+    return [r for (t, _), members in groups.items() if t == ts for r in members]
 
 
 def unfinished_run(path: Path) -> Run | None:
@@ -115,18 +123,42 @@ SETTINGS_SHOWN = (("model", "{}"), ("image-size", "{} px"), ("num-rounds", "R={}
 
 
 def provenance(runs: list[Run]) -> str:
-    """'suite S · settings · seeds': the suite folder(s) (the parent of `runs/`, else the run folders'
-    parent) and the run-config values of `SETTINGS_SHOWN` (several values joined by '/')."""
-    suites = list(dict.fromkeys((r.path.parent.parent if r.path.parent.name == "runs" else r.path.parent).name
-                                for r in runs))
+    """Where `runs` come from and their settings, for a figure's title.
+
+    Runs of a suite (a folder holding `runs/`) give 'suite S · settings · seeds 0,1' per suite,
+    several values of a key joined by '/'. A run folder outside a suite is titled by its own
+    settings: 'run R · settings · seed 0'; loose runs whose settings read alike share one part
+    ('runs R1, R2 · settings · seeds 0,1'). Parts are joined by ' | '. Settings are the run-config
+    values of `SETTINGS_SHOWN`.
+    """
+    parts: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        in_suite = run.path.parent.name == "runs"
+        key = ("suite", run.path.parent.parent.name) if in_suite else ("runs", _settings_text([run]))
+        parts.setdefault(key, []).append(run)
+    texts = []
+    for (kind, name), members in parts.items():
+        seeds = sorted({r.seed for r in members})
+        if kind == "suite":
+            head, seed_word = f"suite {name}", "seeds"
+        else:
+            folders = list(dict.fromkeys(r.path.name for r in members))
+            head = f"run{'s' if len(folders) > 1 else ''} {', '.join(folders)}"
+            seed_word = "seeds" if len(seeds) > 1 else "seed"
+        seed_text = f"{seed_word} {','.join(str(s) for s in seeds)}"
+        texts.append(" · ".join(t for t in (head, _settings_text(members), seed_text) if t))
+    return " | ".join(texts)
+
+
+def _settings_text(runs: list[Run]) -> str:
+    """'tiny, 32 px, R=20, ...': each `SETTINGS_SHOWN` key the runs' configs have, several values joined by '/'."""
     parts = []
     for key, fmt in SETTINGS_SHOWN:
         values = list(dict.fromkeys(str(r.results.get("config", {}).get(key)) for r in runs
                                     if r.results.get("config", {}).get(key) is not None))
         if values:
             parts.append(fmt.format("/".join(values)))
-    seeds = ",".join(str(s) for s in sorted({r.seed for r in runs}))
-    return f"suite {', '.join(suites)} · {', '.join(parts)} · seeds {seeds}"
+    return ", ".join(parts)
 
 
 def affinity_scale(runs: list[Run]) -> float:
@@ -445,7 +477,7 @@ def _grid(panels: int, width: float, height: float):
 def _suptitle(fig, title: str, note: str, fontsize: float) -> None:
     """The figure's title, then the provenance `note`, each wrapped to the figure's width."""
     width = max(int(fig.get_figwidth() * 120 / fontsize), 40)
-    lines = [textwrap.fill(t, width) for t in (title, note) if t]
+    lines = [textwrap.fill(t, width, break_long_words=False, break_on_hyphens=False) for t in (title, note) if t]
     fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
@@ -456,7 +488,8 @@ def _colours(labels: list[str]) -> dict[str, str]:
 def _save(fig, plt, path: Path, tight: bool = True) -> Path:
     if tight:
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    title = " ".join(fig.get_suptitle().split())  # unwrapped: _suptitle breaks lines at spaces only
+    fig.savefig(path, dpi=110, metadata={"Title": title} if title else None)
     plt.close(fig)
     return path
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,37 @@ def save_torch(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def new_run_dir(settings: Settings) -> Path:
-    """A fresh folder `<output-dir>/<run name>/`; never reuses one that exists."""
+def new_run_dir(settings: Settings, server_strategy: str | None = None) -> Path:
+    """A fresh folder `<output-dir>/<run name>/` (`run_name`); never reuses one that exists (`fresh_dir`).
+
+    `server_strategy` names the Flower strategy aggregating the run when the caller passes its own
+    (default: `settings.server_strategy`). `output-dir` defaults to `$MAS_FLOWER_HOME/outputs`.
+    """
     root = Path(settings.output_dir) if settings.output_dir else home() / "outputs"
+    return fresh_dir(root / run_name(settings, server_strategy))
+
+
+def run_name(settings: Settings, server_strategy: str | None = None, when: float | None = None) -> str:
+    """The run folder's name: the user's `run-name` as given, else `<method>[-x<splits>][@<server strategy>]-
+    <task set>-seed<seed>-<YYYYmmdd-HHMMSS>`, e.g. `mas-x2@fedadam-sdnkt-seed0-20250101-120000`.
+
+    `-x<splits>` only for methods that take `splits`; `@<server strategy>` (lower case) only when it is
+    not FedAvg, the default; `when` is the time in seconds since the epoch (default: now, local time).
+    """
+    if settings.run_name:
+        return settings.run_name
     from mas_flower.methods import method_class
 
     splits = f"-x{settings.splits}" if method_class(settings.method).takes_splits else ""
-    name = settings.run_name or (
-        f"{settings.method}{splits}-{settings.task_set}-seed{settings.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    return fresh_dir(root / name)
+    server = (server_strategy or settings.server_strategy).lower()
+    via = "" if server == "fedavg" else f"@{_folder_safe(server)}"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    return f"{settings.method}{splits}{via}-{settings.task_set}-seed{settings.seed}-{stamp}"
+
+
+def _folder_safe(text: str) -> str:
+    """`text` with anything but letters, digits, `_`, `.` and `-` replaced by `_` (a plain folder name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def fresh_dir(path: Path) -> Path:
