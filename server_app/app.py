@@ -7,7 +7,7 @@ wrong with the input is checked before any training, and a failure raises (so th
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Iterable
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -16,42 +16,51 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from mas_flower.defaults import load_settings, synthetic_root
+from mas_flower.defaults import load_settings
 from mas_flower.methods import Method, build_method
 from mas_flower.models import build_model
+from mas_flower.prepare import prepare_data
 from mas_flower.results import new_run_dir, write_json
 from mas_flower.settings import Settings
 from mas_flower.strategy import MethodStrategy, load_checkpoint, write_outputs
+from mas_flower.strategy.checkpoint import RESUME_MAY_CHANGE, resume_settings
 
 
-def prepare_data(settings: Settings) -> Settings:
-    """With no data-root, generate (once) and use the built-in synthetic federation."""
-    if settings.data_root:
-        return settings
-    from mas_flower.synthetic import generate_dataset
+def resolve(run_config: dict[str, Any], overrides: dict[str, Any] | None,
+            given: Iterable[str] = ()) -> tuple[Settings, dict | None]:
+    """The run's settings; when resuming, the original run's settings and its checkpoint.
 
-    root = synthetic_root(settings)
-    log(INFO, "no data-root given: using the synthetic federation at %s (generated on first use)", root)
-    generate_dataset(root, buildings=settings.synthetic_buildings, views=settings.synthetic_views,
-                     size=settings.synthetic_size, seed=settings.seed)
-    return dataclasses.replace(settings, data_root=str(root))
-
-
-def resolve(run_config: dict[str, Any], overrides: dict[str, Any] | None) -> tuple[Settings, dict | None]:
-    """The run's settings; when resuming, the original run's settings and its checkpoint."""
-    settings = load_settings(run_config, overrides)
+    A resume keeps its word: a key given with `resume` (named in `given`, in `overrides`, or
+    differing from the app default: `checkpoint.given_keys`) whose value differs from the
+    checkpoint's is refused with CheckpointError, unless it is one of `RESUME_MAY_CHANGE`, which is
+    applied and logged.
+    """
+    try:
+        settings = load_settings(run_config, overrides)
+    except ValueError as err:
+        resume = {**run_config, **(overrides or {})}.get("resume")
+        if not resume:
+            raise
+        raise ValueError(f"{err} (with resume={resume!r}: a resumed run continues with its checkpoint's settings; "
+                         f"give only resume, and if need be {', '.join(RESUME_MAY_CHANGE)})") from err
     if not settings.resume:
         return settings, None
     checkpoint = load_checkpoint(Path(settings.resume))
-    original = Settings.from_run_config({**checkpoint["config"], "resume": settings.resume})
-    log(INFO, "resuming %s with its original settings", settings.resume)
-    return original, checkpoint
+    resumed, applied = resume_settings(settings, checkpoint, {*given, *(overrides or {})})
+    log(INFO, "resuming %s (written by mas-flower %s) with its original settings%s", settings.resume,
+        checkpoint.get("app_version"),
+        "; applied the given " + ", ".join(f"{k}={v!r} (checkpoint: {old!r})" for k, (v, old) in applied.items())
+        if applied else "")
+    return resumed, checkpoint
 
 
-def preflight(run_config: dict[str, Any], overrides: dict[str, Any] | None = None
+def preflight(run_config: dict[str, Any], overrides: dict[str, Any] | None = None, given: Iterable[str] = ()
               ) -> tuple[Settings, Method, dict | None]:
-    """Everything checked before any node is contacted: settings, model and image size, data, method."""
-    settings, checkpoint = resolve(run_config, overrides)
+    """Everything checked before any node is contacted: settings, model and image size, data, method.
+
+    `given`: the run-config keys the user gave (Flower's `override_config`), for `resolve`.
+    """
+    settings, checkpoint = resolve(run_config, overrides, given)
     build_model(settings.model, settings.task_set, image_size=settings.image_size)  # fails early on a bad size
     settings = prepare_data(settings)
     return settings, build_method(settings), checkpoint
@@ -63,7 +72,8 @@ def make_server_app(overrides: dict[str, Any] | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings, method, checkpoint = preflight(dict(context.run_config), overrides)
+        given = grid.run.override_config  # what `flwr run --run-config` gave, without the app defaults
+        settings, method, checkpoint = preflight(dict(context.run_config), overrides, given)
         strategy = MethodStrategy(method, checkpoint=checkpoint)
         strategy.roster.discover(grid)  # every node can load its data, and there are enough of them
         if checkpoint is None:

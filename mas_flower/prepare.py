@@ -1,0 +1,37 @@
+"""The data a run's settings point at, made ready before any node is contacted.
+
+`prepare_data(settings)` is the one call every ServerApp makes after `load_settings`: the project's
+(`server_app/app.py`) and a user's own (README, "Your own ServerApp"). With no `data-root` it
+generates the built-in synthetic federation once and returns settings that point at it, so a run
+out of the box needs no downloaded data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from logging import INFO
+
+from flwr.common.logger import log
+
+from mas_flower.defaults import synthetic_root
+from mas_flower.settings import Settings
+
+
+def prepare_data(settings: Settings) -> Settings:
+    """`settings` unchanged when `data-root` is set; else a copy whose `data_root` is the synthetic federation.
+
+    The synthetic federation (`synthetic-buildings` buildings × `synthetic-views` views of
+    `synthetic-size` px, from `seed`) lives at `defaults.synthetic_root(settings)` under
+    `$MAS_FLOWER_HOME/data/`; it is generated on first use and reused after (about a second per
+    building at 32 px on one CPU core). Nodes read the data-root the server sends them, so in a
+    simulation they find it there too. Raises ValueError if that folder holds something else.
+    """
+    if settings.data_root:
+        return settings
+    from mas_flower.synthetic import generate_dataset  # numpy ray casting: imported only when needed
+
+    root = synthetic_root(settings)
+    log(INFO, "no data-root given: using the synthetic federation at %s (generated on first use)", root)
+    generate_dataset(root, buildings=settings.synthetic_buildings, views=settings.synthetic_views,
+                     size=settings.synthetic_size, seed=settings.seed)
+    return dataclasses.replace(settings, data_root=str(root))
