@@ -9,9 +9,12 @@ paper's supplementary Tables 3-5 (and Table 1 for the splits found per seed), an
   (`test_skill_<t>`: 1 − test loss / the best constant predictor's, 0 = no better than a constant),
   each run's lowest (`test_skill_min`) and how many runs have a task below `LOW_SKILL`
   (`low_skill_runs`); MAS's `split_stability`, the oracle's `oracle_score_spearman` and the median
-  |pair gain| of HOA and pairs runs (`pair_gain_val_median_abs`, `pair_gain_test_median_abs`).
-- `runs.csv`: tidy, one row per run × task (the task's test loss, skill and metrics, and the run's
-  totals), for analysis in pandas or R.
+  |pair gain| of HOA and pairs runs (`pair_gain_val_median_abs`, `pair_gain_test_median_abs`);
+  `diverged_runs`: how many runs name a network in results.json's `diverged` (its validation loss
+  exploded: `mas_flower.strategy.divergence`). Their numbers stay in the means, and summary.md marks
+  the row and names the run, so that no divergence is averaged in silently.
+- `runs.csv`: tidy, one row per run × task (the task's test loss, skill and metrics, the run's
+  totals, and the networks that diverged in it), for analysis in pandas or R.
 
 Only `results.json` files are read, so a summary can be rebuilt at any time (`mas-flower report`,
 or after a crash), and a half-finished suite summarises what it has.
@@ -82,6 +85,11 @@ def low_skill(results: dict[str, Any]) -> dict[str, float]:
     return {t: float(v) for t, v in (results.get("test_skill") or {}).items() if v is not None and v < LOW_SKILL}
 
 
+def diverged(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """results.json's `diverged` (network -> round, loss, first_loss); {} for runs that record none."""
+    return results.get("diverged") or {}
+
+
 @dataclass(frozen=True)
 class Run:
     """One finished run: its folder and its results.json."""
@@ -137,6 +145,8 @@ class Row:
     min_skill: tuple[float, float] | None = None
     #: Runs with a task skill below `LOW_SKILL` (None when no run records skills).
     low_skill_runs: int | None = None
+    #: Runs in which a network diverged (results.json's `diverged`).
+    diverged_runs: int = 0
 
 
 def find_run_dirs(path: Path) -> list[Path]:
@@ -205,6 +215,7 @@ def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Ro
             delta_m_loss=_delta_m_stats(res, baseline, ts, _run_losses),
             server_strategy=res[0].get("server_strategy", "fedavg"),
             server_hyperparameters=res[0].get("server_hyperparameters", {}),
+            diverged_runs=sum(bool(diverged(r)) for r in res),
             **_skill_stats(res, ts),
         ))
     return rows
@@ -267,7 +278,7 @@ def write_summary(out_dir: Path, runs: list[Run], method_order: list[str] | None
         columns = _summary_columns(rows, letters)
         writer.writerow(["method", "task_set", "runs", *(f"{name}_{part}" for name, _ in columns
                                                          for part in ("mean", "std")),
-                         "server_strategy", "server_hyperparameters", "low_skill_runs"])
+                         "server_strategy", "server_hyperparameters", "low_skill_runs", "diverged_runs"])
         for row in rows:
             cells = []
             for _, get in columns:
@@ -275,7 +286,7 @@ def write_summary(out_dir: Path, runs: list[Run], method_order: list[str] | None
                 cells += ["", ""] if stat is None else [_g(stat[0]), _g(stat[1])]
             writer.writerow([row.method, row.task_set, row.runs, *cells, row.server_strategy,
                              json.dumps(row.server_hyperparameters, sort_keys=True),
-                             "" if row.low_skill_runs is None else row.low_skill_runs])
+                             "" if row.low_skill_runs is None else row.low_skill_runs, row.diverged_runs])
     write_runs_csv(out_dir / "runs.csv", runs)
     md_path.write_text(markdown(rows, runs))
     return csv_path, md_path
@@ -314,7 +325,7 @@ def write_runs_csv(path: Path, runs: list[Run]) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "method", "task_set", "seed", "task", "group", "test_loss", "test_skill",
-                         *metric_names, *RUN_COLUMNS])
+                         *metric_names, *RUN_COLUMNS, "diverged"])
         for run in ordered:
             res, found = run.results, run.results.get("test_metrics") or {}
             scalars = run_scalars(res)
@@ -324,7 +335,7 @@ def write_runs_csv(path: Path, runs: list[Run]) -> Path:
                     run.path.name, run.label, run.task_set, run.seed, t, " ".join(g for g in groups if t in g),
                     _g(res["test_loss"][t]), _cell((res.get("test_skill") or {}).get(t)),
                     *(_cell(found.get(t, {}).get(m)) for m in metric_names),
-                    *(_cell(scalars.get(k, res.get(k))) for k in RUN_COLUMNS)])
+                    *(_cell(scalars.get(k, res.get(k))) for k in RUN_COLUMNS), " ".join(diverged(res))])
     return path
 
 
@@ -355,6 +366,10 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
                      "resamples giving MAS the same split; ρ(score, loss): the oracle's Spearman correlation of each "
                      "partition's affinity score with its total test loss (−1: the score ranks as the loss does); "
                      "median |g|: the median relative pair gain |(L_j alone − L_j with i) / L_j alone|.")
+    if any(row.diverged_runs for row in rows):
+        lines.append("**Diverged**: runs in which a network's total validation loss rose above 3 x its first "
+                     "validated value (results.json's `diverged`); their numbers are in the means, read no comparison "
+                     "from them.")
     for ts in dict.fromkeys(row.task_set for row in rows):
         part = [row for row in rows if row.task_set == ts]
         optional = [head for head in _optional_cells(part[0]) if any(_optional_cells(row)[head] for row in part)]
@@ -363,13 +378,16 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
                   + "Time (h) | Wall (h) | Energy (kWh) | CO2eq (g) | " + " | ".join(ts) + " |",
                   "|---|---:|---:|" + "---:|" * (len(optional) + 4 + len(ts))]
         for row in part:
-            cells = [display_name(row.method), str(row.runs), _pm(row.total),
+            total = _pm(row.total) + (f" **diverged** ({row.diverged_runs} of {row.runs} runs)"
+                                      if row.diverged_runs else "")
+            cells = [display_name(row.method), str(row.runs), total,
                      *(_optional_cells(row)[head] for head in optional),
                      _pm(row.client_hours), _pm(row.wall_hours), _pm(row.energy_kwh), _pm(row.co2_g),
                      *(_pm(row.tasks[t]) for t in ts)]
             lines.append("| " + " | ".join(cells) + " |")
         if any(_all_in_one(row.method) for row in part):
             lines += ["", r"\* All-in-one methods"]
+        lines += _diverged_lines([run for run in runs if run.task_set == ts])
         names = list(dict.fromkeys((t, m) for row in part for t, ms in row.metrics.items() for m in ms))
         if names:
             lines += ["", f"### Task metrics on `{ts}` (test set)", "",
@@ -403,6 +421,16 @@ def _optional_cells(row: Row) -> dict[str, str]:
     if row.low_skill_runs:
         out["Min skill"] = f"{out['Min skill']} **low skill** ({row.low_skill_runs} of {row.runs} runs)".strip()
     return out
+
+
+def _diverged_lines(runs: list[Run]) -> list[str]:
+    """`Diverged: `<run>` <network> (round r: validation loss x > 3 x its first y); ...`, or []."""
+    found = sorted((run.path.name, diverged(run.results)) for run in runs if diverged(run.results))
+    if not found:
+        return []
+    return ["", "Diverged: " + "; ".join(f"`{name}` " + ", ".join(
+        f"{net} (round {d['round']}: validation loss {d['loss']:.4g} > 3 x its first {d['first_loss']:.4g})"
+        for net, d in nets.items()) for name, nets in found)]
 
 
 def _skill_lines(ts: str, part: list[Row], runs: list[Run]) -> list[str]:

@@ -85,7 +85,8 @@ def test_summary_has_a_std_for_every_mean_and_delta_m_against_one_by_one(suite: 
     columns = list(next(iter(table.values())))
     means = [c for c in columns if c.endswith("_mean")]
     assert means and all(c.removesuffix("_mean") + "_std" in columns for c in means)
-    others = ["method", "task_set", "runs", "server_strategy", "server_hyperparameters", "low_skill_runs"]
+    others = ["method", "task_set", "runs", "server_strategy", "server_hyperparameters", "low_skill_runs",
+              "diverged_runs"]
     assert len(means) + len([c for c in columns if c.endswith("_std")]) + len(others) == len(columns)
     assert [c for c in columns if not c.endswith(("_mean", "_std"))] == others
     for name in ("delta_m_pct", "delta_m_loss_pct", "train_tflops", "eval_tflops", "s_miou", "d_rmse_m", "k_l1",

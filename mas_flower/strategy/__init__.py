@@ -19,6 +19,7 @@ _EXPORTS = {
     "MethodStrategy": "mas_flower.strategy.method",
     "RoundFailed": "mas_flower.strategy.run",
     "CoverageError": "mas_flower.strategy.membership",
+    "DivergedError": "mas_flower.strategy.divergence",
     "server_strategy": "mas_flower.strategy.aggregators",
     "SERVER_STRATEGIES": "mas_flower.strategy.aggregators",
     "load_checkpoint": "mas_flower.strategy.checkpoint",

@@ -6,7 +6,9 @@ The arrays it takes and returns hold every federation's network in one ArrayReco
 each federation's Flower strategy (FedAvg, FedAdam, ...) only those nodes, and merges what the
 strategies configure into one message per node carrying every federation (`mas_flower.protocol`).
 Replies are checked per federation (`replies.py`), and each federation's accepted replies go to
-its own strategy's `aggregate_train`, so server-optimiser state is kept per network.
+its own strategy's `aggregate_train`, so server-optimiser state is kept per network. What the strategy
+returns is checked too (`divergence.py`): a broken or diverged network stops the run with
+`DivergedError` before its round is checkpointed, and a validation loss that explodes is named.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from logging import INFO, WARNING
 from typing import Any
 
@@ -33,9 +36,18 @@ from mas_flower.splitting.stability import AffinityReport
 from mas_flower.strategy import membership
 from mas_flower.strategy.accounting import book_eval, book_train, count_exchange, take_metric_sums
 from mas_flower.strategy.aggregators import StrategyFactory, strategy_factory
+from mas_flower.strategy.divergence import (
+    LOWER,
+    NEW_RUN,
+    DivergedError,
+    check_aggregate,
+    strategy_name,
+    watch_validation,
+)
 from mas_flower.strategy.exchange import exchange
-from mas_flower.strategy.replies import reject_evaluate_reply, reject_train_reply
-from mas_flower.strategy.run import Ledger, NodeRoster, NodesView, RoundFailed, stable_seed
+from mas_flower.strategy.replies import non_finite, reject_evaluate_reply, reject_train_reply
+from mas_flower.strategy.run import Ledger, NodeRoster, RoundFailed, stable_seed
+from mas_flower.strategy.sampling import check_sampling, configured
 
 SEP = "/"
 
@@ -81,6 +93,9 @@ class ParallelFederations(Strategy):
     aggregator : a `server-strategy` name (`fedavg`, `fedadam`, ...) or a callable returning a fresh
         Flower strategy; each federation gets its own instance. Default: `settings.server_strategy`.
         The strategy should keep `fraction_train = fraction_evaluate = 1.0`: the nodes are sampled here.
+        A wrapped strategy (Flower's DP wrappers) is checked through its `.strategy`, and every strategy
+        must configure one training message per sampled node without waiting for more
+        (`mas_flower.strategy.sampling`); a ValueError says so before or in the first round.
     roster, ledger : shared with the other stages of a run (`MethodStrategy`); made fresh if None.
     strategies : federation -> strategy, to continue with restored state (a resumed run).
     on_round : called after every finished round with this object (checkpointing).
@@ -93,7 +108,7 @@ class ParallelFederations(Strategy):
         self.stage, self.settings = stage, settings
         make = strategy_factory(settings.server_strategy if aggregator is None else aggregator, settings)
         self.strategies: dict[str, Strategy] = strategies or {f.name: make() for f in stage.federations}
-        _check_sampling(self.strategies, settings.clients_per_round)
+        check_sampling(self.strategies, settings.clients_per_round)
         self.roster = roster or NodeRoster(settings)
         self.ledger = ledger or Ledger()
         self.on_round = on_round
@@ -111,6 +126,7 @@ class ParallelFederations(Strategy):
         self._eval_nodes: list[int] = []
         self._sampled: list[int] = []
         self.failed_nodes: set[int] = set()  # sampled nodes whose training reply was missing or rejected
+        self.rejected: dict[str, list[str]] = {}  # federation -> "<building>: <why>" of its rejected train replies
         self.unavailable: set[int] = set()  # nodes Flower answered "Node Unavailable" for
         self.covered: dict[str, list[str]] = {}  # federation -> buildings its last evaluation covered
         self.uncovered: dict[str, str] = {}  # building -> why its last evaluation was left out
@@ -165,9 +181,10 @@ class ParallelFederations(Strategy):
         self._sent, self._sent_to = {}, {}
         for fed in self.federations:
             self._sent[fed.name] = per_fed[fed.name]
-            messages = self.strategies[fed.name].configure_train(
-                server_round, per_fed[fed.name], ConfigRecord(self.federation_train_config(fed, server_round)),
-                NodesView(grid, sampled))
+            strategy = self.strategies[fed.name]
+            messages = configured(strategy, fed.name, sampled, grid, partial(
+                strategy.configure_train, server_round, per_fed[fed.name],
+                ConfigRecord(self.federation_train_config(fed, server_round))), train=True)
             by_node = {m.metadata.dst_node_id: m.content for m in messages}
             self._sent_to[fed.name] = [nid for nid in sampled if nid in by_node]
             packed: dict[int, ArrayRecord] = {}
@@ -188,8 +205,10 @@ class ParallelFederations(Strategy):
         by_node = {m.metadata.src_node_id: m for m in replies}
         accepted: dict[str, list[Message]] = {}
         failed: list[str] = []
+        self.rejected = {}
         for fed in self.federations:
             accepted[fed.name] = []
+            self.rejected[fed.name] = []
             for nid in self._sent_to[fed.name]:
                 reply = by_node.get(nid)
                 view, reason = _screened(reply, fed.name, lambda v, fed=fed: reject_train_reply(
@@ -198,6 +217,7 @@ class ParallelFederations(Strategy):
                     accepted[fed.name].append(view)
                 else:
                     failed.append(f"{self.roster.nodes[nid]} ({fed.name}): {reason}")
+                    self.rejected[fed.name].append(f"{self.roster.nodes[nid]}: {reason}")
                     self.failed_nodes.add(nid)
                     if membership.unavailable(reply):
                         self.unavailable.add(nid)
@@ -222,6 +242,8 @@ class ParallelFederations(Strategy):
         for fed in self.federations:
             ok = accepted[fed.name]
             arrays, fed_metrics = self.strategies[fed.name].aggregate_train(server_round, ok)
+            check_aggregate(arrays, self._sent[fed.name], federation=fed.name, strategy=self.strategies[fed.name],
+                            server_round=server_round)
             for key, array in _like(arrays, self._sent[fed.name]).items():
                 joined[f"{fed.name}{SEP}{key}"] = array
             entry: dict[str, Any] = {"train_loss": _losses(fed_metrics, fed.tasks),
@@ -268,10 +290,10 @@ class ParallelFederations(Strategy):
         per_fed = split_arrays(arrays)
         self._sent_to = {}
         for fed in self.federations:
-            messages = self.strategies[fed.name].configure_evaluate(
-                server_round, per_fed[fed.name], ConfigRecord({"tasks": fed.tasks, "federation": fed.name,
-                                                               **self._constants(fed.tasks)}),
-                NodesView(grid, nodes))
+            strategy = self.strategies[fed.name]
+            messages = configured(strategy, fed.name, nodes, grid, partial(
+                strategy.configure_evaluate, server_round, per_fed[fed.name],
+                ConfigRecord({"tasks": fed.tasks, "federation": fed.name, **self._constants(fed.tasks)})), train=False)
             by_node = {m.metadata.dst_node_id: m.content for m in messages}
             self._sent_to[fed.name] = [nid for nid in nodes if nid in by_node]
             packed: dict[int, ArrayRecord] = {}
@@ -291,7 +313,7 @@ class ParallelFederations(Strategy):
         self.constant_losses = {}
         self.task_metrics = {}
         for fed in self.federations:
-            good = []
+            good, reasons = [], []
             for nid in self._sent_to[fed.name]:
                 reply = by_node.get(nid)
                 view, reason = _screened(reply, fed.name, lambda v, fed=fed: reject_evaluate_reply(v, fed.tasks))
@@ -301,9 +323,15 @@ class ParallelFederations(Strategy):
                     log(WARNING, "%s of %s on %s rejected: %s", self._eval_split, fed.name,
                         self.roster.nodes[nid], reason)
                     self.uncovered.setdefault(self.roster.nodes[nid], reason)
+                    reasons.append(f"{self.roster.nodes[nid]}: {reason}")
                     if membership.unavailable(reply):
                         self.unavailable.add(nid)
             self.covered[fed.name] = [self.roster.nodes[m.metadata.src_node_id] for m in good]
+            if not good and reasons and all(non_finite(r) for r in reasons):
+                raise DivergedError(f"federation {fed.name!r}, round {server_round}: the network aggregated by its "
+                                    f"{strategy_name(self.strategies[fed.name])} gives a non-finite {self._eval_split} "
+                                    f"loss on every node ({'; '.join(reasons[:3])}): it diverged. {LOWER}, and "
+                                    f"{NEW_RUN}")
             if not good:
                 raise RoundFailed(f"no node evaluated federation {fed.name!r} on {self._eval_split}")
             book_eval(self.ledger.accounts, self.settings, fed, good)
@@ -346,6 +374,7 @@ class ParallelFederations(Strategy):
                     config: ConfigRecord | None = None) -> tuple[ArrayRecord, MetricRecord]:
         """One round for every federation, resampled and retried while too few replies are valid."""
         s = self.settings
+        diverging = True  # every attempt fell short only because local training gave non-finite values
         for attempt in range(s.round_retries + 1):
             membership.refresh(self.roster, grid, server_round)
             messages = self.configure_train(server_round, arrays, config or ConfigRecord(), grid)
@@ -358,6 +387,13 @@ class ParallelFederations(Strategy):
                 return new, metrics
             log(WARNING, "round %d attempt %d/%d: too few valid replies %s (min-replies=%d)", server_round,
                 attempt + 1, s.round_retries + 1, self.record["short"], s.min_replies)
+            reasons = [r for name in self.record["short"] for r in self.rejected[name]]
+            diverging &= bool(reasons) and all(non_finite(r) for r in reasons)
+        if diverging:
+            raise DivergedError(f"round {server_round}: the local training of federation(s) "
+                                f"{', '.join(map(repr, self.record['short']))} gave non-finite values on every node "
+                                f"whose reply was rejected, in each of {s.round_retries + 1} attempt(s) "
+                                f"({'; '.join(self.record['failed'][:3])}): it diverged. {LOWER}, and {NEW_RUN}")
         raise RoundFailed(f"round {server_round}: fewer than min-replies={s.min_replies} valid replies after "
                           f"{s.round_retries + 1} attempts ({'; '.join(self.record['failed'])})")
 
@@ -397,6 +433,8 @@ class ParallelFederations(Strategy):
                         entry["val_skill"] = skills(self.val_losses[name], self.constant_losses[name])
                     if name in self.task_metrics:
                         entry["val_metrics"] = self.task_metrics[name].compute()
+                watch_validation(self.ledger.history, self.record, phase=self.stage.phase, server_round=server_round,
+                                 strategies=self.strategies)
             if evaluate_fn is not None and (res := evaluate_fn(server_round, arrays)) is not None:
                 result.evaluate_metrics_serverapp[server_round] = res
             self.record.pop("short", None)
@@ -408,18 +446,6 @@ class ParallelFederations(Strategy):
                 self.on_round(self)
         self.arrays = result.arrays
         return result
-
-
-def _check_sampling(strategies: dict[str, Strategy], k: int) -> None:
-    """A federation's Flower strategy sees only the round's K nodes: it must take all of them, and not
-    wait for more (Flower's `sample_nodes` would wait for ever)."""
-    for name, strategy in strategies.items():
-        fraction = getattr(strategy, "fraction_train", 1.0)
-        least = max(getattr(strategy, "min_train_nodes", 1), getattr(strategy, "min_available_nodes", 1))
-        if fraction != 1.0 or least > k:
-            raise ValueError(f"federation {name!r}: its {type(strategy).__name__} has fraction_train={fraction} and "
-                             f"needs {least} nodes, but a round gives it exactly clients-per-round={k} sampled "
-                             f"nodes: use fraction_train=1.0 and min_train_nodes, min_available_nodes <= {k}")
 
 
 def _only(records: Any) -> Any:

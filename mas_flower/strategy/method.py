@@ -28,6 +28,7 @@ from mas_flower.methods import Method, StageOutcome
 from mas_flower.settings import home
 from mas_flower.strategy.aggregators import StrategyFactory
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from mas_flower.strategy.divergence import DivergedError
 from mas_flower.strategy.federations import ParallelFederations, initial_states, join_arrays, split_arrays
 from mas_flower.strategy.membership import check_test_coverage
 from mas_flower.strategy.run import Ledger, NodeRoster, Progress, RoundFailed
@@ -127,7 +128,10 @@ class MethodStrategy(Strategy):
         `reply-timeout` bounds the wait for replies. This machine is metered only when some nodes
         share it (as in simulation), so that it is counted once; remote nodes meter themselves.
         Returns the final stage's networks (keyed `<federation>/<parameter>`) and its metrics.
-        Raises RoundFailed when a round gets too few valid replies after every retry.
+        Raises RoundFailed when a round gets too few valid replies after every retry, and
+        DivergedError (`mas_flower.strategy.divergence`) when a federation's strategy returns a broken
+        or non-finite network or its validation loss is non-finite: the round it happened in is not
+        checkpointed. A validation loss above 3x its first is logged and recorded, not stopped.
         """
         log(INFO, "Starting %s:", type(self).__name__)
         self.summary()
@@ -148,6 +152,10 @@ class MethodStrategy(Strategy):
             where = f"; the run stops here, its checkpoint is in {self.run_dir} (resume='{self.run_dir}')" \
                 if saved else "; the run stops here, before any checkpoint was written (nothing to resume)"
             raise RoundFailed(f"{err}{where}") from None
+        except DivergedError as err:
+            saved = self.run_dir is not None and (self.run_dir / CHECKPOINT_FILE).exists()
+            kept = f"; {self.run_dir} keeps the checkpoint of the rounds before it, for inspection" if saved else ""
+            raise DivergedError(f"{err}{kept}") from None
         finally:
             self._bank_energy(restart=False)
         return result

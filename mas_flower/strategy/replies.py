@@ -11,6 +11,14 @@ from flwr.app import ArrayRecord, Message
 
 from mas_flower import protocol as P
 
+#: In every reason given for a non-finite number (`non_finite`).
+NON_FINITE = "NaN or Inf"
+
+
+def non_finite(reason: str | None) -> bool:
+    """Whether a rejection reason is a non-finite number (an array, a loss, the affinity)."""
+    return reason is not None and NON_FINITE in reason
+
 
 def reject_train_reply(msg: Message, sent: ArrayRecord, tasks: str, lr: float) -> str | None:
     """Why a train reply (one federation's view of it) must not be aggregated (None if it may)."""
@@ -28,7 +36,7 @@ def reject_train_reply(msg: Message, sent: ArrayRecord, tasks: str, lr: float) -
         if tuple(value.shape) != tuple(sent[key].shape):
             return f"array {key!r} has shape {tuple(value.shape)}, sent {tuple(sent[key].shape)}"
         if value.dtype.kind == "f" and not np.isfinite(value).all():
-            return f"array {key!r} holds NaN or Inf"
+            return f"array {key!r} holds {NON_FINITE}"
     metrics = next(iter(content.metric_records.values()))
     problem = _check_counts_and_losses(metrics, tasks)
     if problem:
@@ -39,7 +47,7 @@ def reject_train_reply(msg: Message, sent: ArrayRecord, tasks: str, lr: float) -
         if z.size != n * n:
             return f"affinity has {z.size} values, expected {n}x{n}"
         if not np.isfinite(z).all():
-            return "affinity holds NaN or Inf"
+            return f"affinity holds {NON_FINITE}"
         # Z[i, j] = (1 − L'/L)/η with losses ≥ 0 cannot exceed 1/η.
         if z.max() > (1.0 / lr) * (1 + 1e-6):
             return f"affinity {z.max():.4g} exceeds 1/lr = {1 / lr:.4g}, which is impossible"
@@ -62,6 +70,8 @@ def _check_counts_and_losses(metrics, tasks: str) -> str | None:
         return f"{P.NUM_EXAMPLES}={examples!r} is not a positive number"
     for t in tasks:
         value = metrics.get(P.loss_key(t))
-        if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        if isinstance(value, (int, float)) and not np.isfinite(value):
+            return f"loss of task {t!r} is {value!r} ({NON_FINITE})"
+        if not isinstance(value, (int, float)) or value < 0:
             return f"loss of task {t!r} is {value!r}"
     return None
