@@ -12,6 +12,7 @@ from flwr.common.logger import log
 
 from mas_flower.energy import carbontracker_version
 from mas_flower.results import RESULTS_FILE, affinity_payload, save_torch, write_json
+from mas_flower.strategy.divergence import diverged_networks
 from mas_flower.strategy.method import MethodStrategy
 from mas_flower.strategy.run import Ledger
 
@@ -131,6 +132,7 @@ def write_outputs(strategy: MethodStrategy, run_dir: Path) -> Path:
         **{k: method.details[k] for k in ("oracle_mas_rank", "oracle_score_spearman") if k in method.details},
         "nodes": sorted(runner.nodes.values()),
         **strategy.coverage,
+        "diverged": diverged_networks(ledger.history),  # networks whose validation loss exploded (> 3x its first)
         "history": ledger.history,
         "config": settings.to_run_config(),
     }
