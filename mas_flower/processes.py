@@ -14,7 +14,8 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,83 @@ def stop_trees(pids: Iterable[int], grace: float = 10.0) -> list[int]:
             proc.kill()
     psutil.wait_procs(alive, timeout=5.0)
     return sorted(procs)
+
+
+class Watch:
+    """Every process descended from some roots, remembered (pid + creation time) as it appears.
+
+    A process whose parent dies is reparented to init and no longer found by walking down from the
+    roots (Ray's processes, once the simulation that started them is stopped): remembering each one
+    while its parent lives is what lets `stop` reach it. Thread-safe: `watching` refreshes it from a
+    background thread while the caller streams a run's output.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[int, float] = {}  # pid -> psutil create_time
+        self._lock = threading.Lock()
+
+    def add(self, pids: Iterable[int]) -> None:
+        """Remember `pids` (those still alive) and all their descendants."""
+        for pid in pids:
+            if (proc := _process(pid)) is not None:
+                self._remember([proc])
+                with contextlib.suppress(psutil.Error):
+                    self._remember(proc.children(recursive=True))
+
+    def _remember(self, procs: Iterable[psutil.Process]) -> None:
+        for proc in procs:
+            with contextlib.suppress(psutil.Error), self._lock:
+                self.seen.setdefault(proc.pid, proc.create_time())
+
+    def live(self) -> list[psutil.Process]:
+        """The remembered processes that still run (a reused pid is not one of them)."""
+        with self._lock:
+            items = list(self.seen.items())
+        return [p for pid, t in items if (p := _process(pid, t)) is not None]
+
+    def refresh(self) -> None:
+        """Remember the descendants of every live remembered process (orphans included)."""
+        self.add([p.pid for p in self.live()])
+
+    def stop(self, grace: float = 3.0, spare: Iterable[int] = ()) -> list[int]:
+        """SIGTERM every live remembered process but those in `spare`, SIGKILL what is left after
+        `grace` s (re-walking the tree before each signal: one may have started another); return the
+        pids signalled."""
+        spared = set(spare)
+        signalled: set[int] = set()
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            self.refresh()
+            live = [p for p in self.live() if p.pid not in spared]
+            for proc in live:
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(sig)
+            signalled.update(p.pid for p in live)
+            _, alive = psutil.wait_procs(live, timeout=wait)
+            if not alive and not [p for p in self.live() if p.pid not in spared]:
+                break
+        return sorted(signalled)
+
+
+@contextlib.contextmanager
+def watching(watch: Watch, roots: Callable[[], Iterable[int]], every: float = 0.5) -> Iterator[Watch]:
+    """While inside, add `roots()` (e.g. the pids whose command line names a FLWR_HOME) and their
+    descendants to `watch` every `every` seconds, from a daemon thread."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set():
+            with contextlib.suppress(Exception):  # a process that vanished mid-walk: try again next tick
+                watch.add(roots())
+                watch.refresh()
+            done.wait(every)
+
+    thread = threading.Thread(target=loop, name="process-watch", daemon=True)
+    thread.start()
+    try:
+        yield watch
+    finally:
+        done.set()
+        thread.join(timeout=5.0)
 
 
 def _die_with_parent() -> None:
