@@ -225,3 +225,54 @@ def test_the_summary_says_which_runs_diverged(tmp_path: Path) -> None:
     assert "Diverged: `fedavg-sd-seed1` all (round 3: validation loss 30.5 > 3 x its first 4)" in md
     tidy = {r["run"]: r["diverged"] for r in csv.DictReader((tmp_path / "runs.csv").open()) if r["task"] == "s"}
     assert tidy == {"fedavg-sd-seed0": "", "fedavg-sd-seed1": "all", "fedavg-sd-seed2": ""}
+
+
+# Non-finite on every node: a divergence, not a failed round --------------------------------------
+
+
+@pytest.mark.usefixtures("in_a_run")
+def test_a_network_with_a_non_finite_loss_on_every_node_stops_as_diverged() -> None:
+    from flwr.app import Array, ConfigRecord
+
+    from mas_flower.defaults import load_settings
+    from mas_flower.methods import FederationSpec, Stage
+    from mas_flower.strategy import ParallelFederations
+    from mas_flower.strategy.run import RoundFailed
+
+    s = load_settings({}, {"task-set": "sd", "clients-per-round": 2})
+    strategy = ParallelFederations(Stage("merge", [FederationSpec("all", "sd")], rounds=1, schedule_total=1), s,
+                                   "fedadam")
+    strategy.roster.nodes = {22: "b", 11: "a"}
+    arrays = ArrayRecord({"all/w": Array(np.zeros(2, np.float32))})
+
+    def replies(*d_losses: float) -> list[Message]:
+        sent = strategy.configure_evaluate(3, arrays, ConfigRecord({"split": "val"}), None)
+        return [Message(RecordDict({"metrics.all": MetricRecord({"num-examples": 5, "loss-s": 0.5, "loss-d": loss})}),
+                        reply_to=msg) for msg, loss in zip(sent, d_losses, strict=True)]
+
+    with pytest.raises(DivergedError, match=r"federation 'all', round 3: the network aggregated by its FedAdam gives "
+                                            r"a non-finite val loss on every node \(a: loss of task 'd' is nan "
+                                            r"\(NaN or Inf\); b: loss of task 'd' is inf \(NaN or Inf\)\): it "
+                                            r"diverged\. lower lr") as err:
+        strategy.aggregate_evaluate(3, replies(float("nan"), float("inf")))
+    assert "resume=" not in str(err.value)
+    with pytest.raises(RoundFailed, match="no node evaluated federation 'all' on val"):  # one impossible, not NaN
+        strategy.aggregate_evaluate(3, replies(float("nan"), -1.0))
+    metrics = strategy.aggregate_evaluate(3, replies(float("nan"), 2.0))  # b alone still evaluates it
+    assert strategy.covered == {"all": ["b"]} and metrics["all/loss-d"] == 2.0
+
+
+def test_local_training_that_diverges_on_every_node_stops_as_diverged(monkeypatch, private_homes,
+                                                                      tiny_federation: Path, tmp_path: Path) -> None:
+    """Before, the run stopped as a failed round and offered a resume, which would replay the NaN."""
+    from tests.test_faults import run_faulty
+
+    with pytest.raises(DivergedError, match=r"round 1: the local training of federation\(s\) 'all' gave non-finite "
+                                            r"values on every node whose reply was rejected, in each of 2 "
+                                            r"attempt\(s\) \(.*holds NaN or Inf.*\): it diverged\. lower lr") as err:
+        run_faulty(monkeypatch, "0=nan,1=nan",
+                   {"method": "fedavg", "task-set": "sd", "num-rounds": 1, "clients-per-round": 2, "batch-size": 4,
+                    "image-size": 32, "round-retries": 1, "data-root": str(tiny_federation),
+                    "output-dir": str(tmp_path), "run-name": "nan"}, nodes=2)
+    assert "resume=" not in str(err.value)
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
