@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import math
 import re
-import tomllib
 from pathlib import Path
 
 import tomli_w
+import tomllib
 
 from mas_flower.launch import launch, own_superlink, superlink_marker
 from tests.flower_processes import pids_with_arg
