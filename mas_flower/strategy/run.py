@@ -6,6 +6,7 @@ All of it is checkpointed after every round (`MethodStrategy`), so a killed run 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO
 from typing import Any
@@ -25,6 +26,19 @@ from mas_flower.strategy.nodes import wait_for_nodes
 
 class RoundFailed(RuntimeError):
     """Too few valid replies after every retry: the run stops, its checkpoint stays."""
+
+
+#: Buildings the start-up line names; the rest are counted (every name is in results.json's `nodes`).
+NAMED_BUILDINGS = 8
+
+
+def federation_line(buildings: Iterable[str], remote: int, named: int = NAMED_BUILDINGS) -> str:
+    """The discovery log line: how many nodes, the first `named` buildings by name (sorted) and how
+    many more, how many on other machines. Its length does not grow with the federation's size
+    (beyond the names' own lengths): 'federation: 1000 nodes: a, b, ... and 992 more (0 on other machines)'."""
+    names = sorted(buildings)
+    more = f", ... and {len(names) - named} more" if len(names) > named else ""
+    return f"federation: {len(names)} nodes: {', '.join(names[:named])}{more} ({remote} on other machines)"
 
 
 def stable_seed(*parts: object) -> int:
@@ -127,8 +141,7 @@ class NodeRoster:
         self.constants = best_constants(labels)
         if len(self.nodes) < need:
             raise ValueError(f"clients-per-round={need} but only {len(self.nodes)} nodes answered")
-        log(INFO, "federation: %d nodes: %s (%d on other machines)", len(self.nodes),
-            ", ".join(sorted(self.nodes.values())), len(self.remote))
+        log(INFO, "%s", federation_line(self.nodes.values(), len(self.remote)))
         return self.nodes
 
     def ordered(self) -> list[int]:
