@@ -1,7 +1,8 @@
 """`mas-flower bench SUITE.yaml`: run every (task set, method, seed) of a suite through Flower, then
 tabulate it (summary.csv, summary.md).
 
-Each run is one `flwr run` (`mas_flower.launch`) into `<output>/runs/<run name>/`; a run counts as
+The output folder is `--output`, else the suite's `output` key, else `$MAS_FLOWER_HOME/bench/<suite
+file name>`. Each run is one `flwr run` (`mas_flower.launch`) into `<output>/runs/<run name>/`; a run counts as
 done when its results.json exists, so an interrupted suite resumes where it stopped (a folder
 without results.json is moved to `<output>/incomplete/` and the run redone). A failed run is
 recorded in `<output>/bench-status.json` and the others go on; the exit code is 1 if any failed.
@@ -10,6 +11,10 @@ Flower isolation: the suite uses its own FLWR_HOME (`<output>/.flwr`) and its ow
 the managed SuperLink (`mas_flower.launch.own_superlink`), so it neither touches the user's Flower
 config nor reuses (or is broken by) a SuperLink someone else started. The SuperLink it started is
 stopped at the end by PID, found by that FLWR_HOME path in its command line.
+
+Every run's config is validated as its ServerApp will validate it before the first run starts.
+SIGINT or SIGTERM stops the running run and all its processes (`mas_flower.launch.stop_on_signals`),
+says where its folder and checkpoint are, and exits 130 / 143.
 """
 
 from __future__ import annotations
@@ -27,18 +32,21 @@ from pathlib import Path
 import tomli_w
 from filelock import FileLock, Timeout
 
-from mas_flower.launch import check_app_dir, launch, own_superlink
+from mas_flower.launch import Stopped, check_app_dir, launch, own_superlink, resume_hint, stop_on_signals
 from mas_flower.results import RESULTS_FILE, write_json
-from mas_flower.suite import RunSpec, Suite, load_suite
+from mas_flower.suite import RunSpec, Suite, SuiteError, load_suite
 from mas_flower.summary import load_runs, oracle_rank_text, summarise, timing, write_summary
 
 STATUS_FILE = "bench-status.json"
 
 
-def run_suite(path: Path, dry_run: bool = False) -> int:
-    """Validate the suite, then (unless `dry_run`) run what is not done yet and write the summary."""
-    suite = load_suite(path, check_data=not dry_run)
+def run_suite(path: Path, dry_run: bool = False, output: Path | None = None) -> int:
+    """Validate the suite and every run's config, then (unless `dry_run`) run what is not done yet and
+    write the summary. `output` overrides the suite's output folder. Returns 0, 1 if a run failed, or
+    128 + the signal number after SIGINT/SIGTERM (the running run stopped with all its processes)."""
+    suite = load_suite(path, check_data=not dry_run, output=output)
     runs = suite.runs()
+    check_runs(suite, runs)
     if dry_run:
         print(f"{path}: {len(runs)} runs into {suite.runs_dir} ({suite.nodes} nodes, data {suite.dataset_root()})")
         for k, run in enumerate(runs, 1):
@@ -48,6 +56,15 @@ def run_suite(path: Path, dry_run: bool = False) -> int:
     check_app_dir()
     _check_gpus(suite)
     suite.output.mkdir(parents=True, exist_ok=True)
+    with stop_on_signals():
+        try:
+            return _run_suite(suite, runs)
+        except Stopped as stop:
+            _say_stopped(suite, stop)
+            return stop.exit_code
+
+
+def _run_suite(suite: Suite, runs: list[RunSpec]) -> int:
     with _lock(suite.output):
         _prepare_data(suite)
         with own_superlink(suite.flwr_home) as env:
@@ -61,6 +78,30 @@ def run_suite(path: Path, dry_run: bool = False) -> int:
     if failed:
         print(f"{len(failed)} of {len(runs)} runs failed: " + ", ".join(f"{n} ({s})" for n, s in failed.items()))
     return 1 if failed else 0
+
+
+def check_runs(suite: Suite, runs: list[RunSpec]) -> None:
+    """Validate the exact run config each run's ServerApp will get (`Suite.run_config_for` over the
+    app's defaults); raise SuiteError listing every run that would be refused, before any starts."""
+    from mas_flower.defaults import load_settings
+
+    problems = []
+    for run in runs:
+        try:
+            load_settings(suite.run_config_for(run))
+        except ValueError as err:
+            problems.append(f"{suite.path}: run {run.name}: {err}")
+    if problems:
+        raise SuiteError("\n".join(problems))
+
+
+def _say_stopped(suite: Suite, stop: Stopped) -> None:
+    """After SIGINT/SIGTERM: which run was stopped, where its checkpoint is, how to go on."""
+    print(f"bench stopped by {stop.name}" + (f" during run {stop.run_id}" if stop.run_id is not None else ""))
+    if stop.run_dir is not None:
+        print(resume_hint(stop.run_dir, stop.last_round, suite.nodes))
+    print(f"to go on with the suite: mas-flower bench {suite.path} --output {suite.output} (finished runs are kept; "
+          f"an unfinished one is redone from the start unless resumed first as above)")
 
 
 def _run_all(suite: Suite, runs: list[RunSpec], env: dict[str, str]) -> dict[str, str]:
@@ -80,7 +121,15 @@ def _run_all(suite: Suite, runs: list[RunSpec], env: dict[str, str]) -> dict[str
         log = suite.output / "logs" / f"{run.name}.log"
         print(f"[{k}/{len(runs)}] {run.name}: running (log {log})", flush=True)
         t0 = time.monotonic()
-        run_id, status = _launch(suite, run, env, log)
+        try:
+            run_id, status = _launch(suite, run, env, log)
+        except Stopped as stop:
+            stop.run_dir = stop.run_dir or run_dir
+            statuses[run.name] = {"status": f"stopped by {stop.name}", "run_id": stop.run_id,
+                                  "seconds": round(time.monotonic() - t0, 1), "log": str(log)}
+            write_json(status_path, statuses)
+            print(f"[{k}/{len(runs)}] {run.name}: stopped by {stop.name}; " + "; ".join(stop.report), flush=True)
+            raise
         if status == "finished:completed" and not (run_dir / RESULTS_FILE).is_file():
             status = f"{status} but no {RESULTS_FILE} in {run_dir}"
         seconds = time.monotonic() - t0

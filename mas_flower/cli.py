@@ -110,14 +110,18 @@ def split(affinity: Annotated[Path, typer.Argument(help='JSON file {"tasks": "sd
 @_job("bench")
 def bench(suite: Annotated[Path, typer.Argument(help="suite YAML (see conf/)")],
           dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the suite and list its runs, "
-                                                "run nothing")] = False) -> int:
+                                                "run nothing")] = False,
+          output: Annotated[Path | None, typer.Option(help="output folder (default: the suite's `output` key, else "
+                                                      "$MAS_FLOWER_HOME/bench/<suite file name>)",
+                                                      show_default=False)] = None) -> int:
     """Run a suite of methods x task sets x seeds through Flower and tabulate it.
 
-    SUITE: the suite YAML (see conf/). Exit code 1 if any run failed.
+    SUITE: the suite YAML (see conf/). Exit code 1 if any run failed; 130/143 if stopped by
+    Ctrl-C/SIGTERM (the running run is stopped with all its processes).
     """
     from mas_flower.bench import run_suite
 
-    return run_suite(suite, dry_run=dry_run)
+    return run_suite(suite, dry_run=dry_run, output=output)
 
 
 @_job("report")
@@ -171,10 +175,22 @@ def run(flwr_args: Annotated[list[str] | None, typer.Argument(
     """Run the app in simulation (what ./run.sh does) on a SuperLink of its own; exit 0 only if it completed.
 
     FLWR_ARGS: further `flwr run` arguments, after `--`, e.g. `-- --run-config "method='fedavg'"`.
+    The run config is validated before anything starts (exit code 2). Ctrl-C or SIGTERM stops the
+    run and all its processes, prints how to resume it, and exits 130/143.
     """
     from mas_flower.launch import APP_DIR, run_app
 
     return run_app(nodes, cpus_per_node, gpus_per_node, flwr_args or [], flwr_home, app_dir or APP_DIR)
+
+
+@_job("config")
+def config(fmt: Annotated[str, typer.Option("--format", click_type=click.Choice(["text", "markdown"]),
+                                           help="plain columns, or a Markdown table")] = "text") -> int:
+    """Print every run-config key with its default and what it means (`--run-config "key=value ..."`)."""
+    from mas_flower.defaults import describe_run_config
+
+    print(describe_run_config(markdown=fmt == "markdown"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

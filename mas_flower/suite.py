@@ -14,12 +14,12 @@ from typing import Any
 import yaml
 
 from mas_flower.defaults import app_defaults
-from mas_flower.settings import Settings, did_you_mean
+from mas_flower.settings import Settings, did_you_mean, home
 from mas_flower.tasks import parse_tasks
 
 TOP_KEYS = {"description", "task_sets", "methods", "seeds", "data", "output", "run_config", "nodes",
             "cpus_per_node", "gpus_per_node"}
-REQUIRED_KEYS = ("task_sets", "methods", "seeds", "data", "output")
+REQUIRED_KEYS = ("task_sets", "methods", "seeds", "data")
 SYNTHETIC_KEYS = {"buildings": 1, "views": 1, "size": 8, "seed": 0}  # key -> smallest allowed value
 #: Run-config keys each run gets from the suite's own keys, so `run_config` may not set them.
 SUITE_OWNED = {"method": "methods", "splits": "methods", "task-set": "task_sets", "seed": "seeds",
@@ -138,11 +138,19 @@ def _parse_method(text: str, known: list[str]) -> MethodSpec:
     raise ValueError(f"unknown method {text!r}; known: {', '.join(known)} (split methods as e.g. 'mas-2')")
 
 
-def load_suite(path: Path, check_data: bool = True) -> Suite:
+def default_output(path: Path) -> Path:
+    """Where a suite without an `output` key writes: `$MAS_FLOWER_HOME/bench/<suite file name>`
+    (`~/mas-flower/bench/...` when MAS_FLOWER_HOME is unset)."""
+    return home() / "bench" / Path(path).stem
+
+
+def load_suite(path: Path, check_data: bool = True, output: Path | None = None) -> Suite:
     """Parse and validate a suite file; raise SuiteError listing every problem.
 
     With `check_data`, also require a `data.root` to exist and hold enough buildings for `nodes`
-    (a dry run skips this so a suite with a placeholder path can still be listed).
+    (a dry run skips this so a suite with a placeholder path can still be listed). The output folder
+    is `output` when given (`mas-flower bench --output`, relative to the current folder), else the
+    suite's `output` key, else `default_output(path)`.
     """
     path = Path(path)
     try:
@@ -153,6 +161,10 @@ def load_suite(path: Path, check_data: bool = True) -> Suite:
         raise SuiteError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise SuiteError(f"{path}: a suite is a YAML mapping (task_sets, methods, seeds, data, output, ...)")
+    if output is not None:
+        raw = {**raw, "output": str(Path(output).expanduser().resolve())}
+    elif raw.get("output") is None:  # absent or empty
+        raw = {**raw, "output": str(default_output(path))}
     checker = _Checker(path, raw)
     suite = checker.suite(check_data)
     if checker.problems:
