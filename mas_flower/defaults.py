@@ -62,6 +62,74 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Run-config key -> what it means, one line each (`mas-flower config` prints them with the defaults).
+RUN_CONFIG_HELP: dict[str, str] = {
+    "method": "mas, fedavg, fedprox, gradnorm, one-by-one, hoa, tag, oracle or pairs (mas_flower/methods/)",
+    "task-set": "task letters trained together, e.g. sdnkt",
+    "splits": "number of groups x for mas, hoa, tag and oracle",
+    "num-rounds": "R, all rounds of the run (HOA and TAG retrain their groups for another R)",
+    "merge-rounds": "R0, rounds of the merged (all-in-one) network before MAS splits",
+    "affinity-rounds": "affinities are measured in the first this many rounds",
+    "affinity-every": "ρ: the affinity lookahead runs every ρ-th local batch",
+    "local-epochs": "E, local epochs per round",
+    "clients-per-round": "K, nodes sampled each round (at most the number of nodes)",
+    "batch-size": "local training batch size",
+    "lr": "base learning rate; round r uses lr·(1 − r/R)^0.9",
+    "image-size": "input side in pixels (a multiple of the model's stride)",
+    "model": "tiny (CPU), xception (the paper's network) or resnet18",
+    "data-root": "absolute path of a Taskonomy-layout dataset; empty: the built-in synthetic federation",
+    "output-dir": "absolute folder for run folders; empty: $MAS_FLOWER_HOME/outputs",
+    "seed": "seeds initialisation, client sampling and local shuffling",
+    "run-name": "a fixed run folder name; empty: <method>[-x<splits>][@<server strategy>]-<task set>-seed<seed>-<time>",
+    "affinity-mode": "exact (the paper's lookahead) or first_order (gradient inner products)",
+    "affinity-first-epoch-only": "measure affinities only in a round's first local epoch",
+    "fedprox-mu": "FedProx's proximal weight μ",
+    "gradnorm-alpha": "GradNorm's asymmetry α",
+    "eval-batch-size": "batch size of validation and test",
+    "synthetic-buildings": "buildings of the synthetic federation used when data-root is empty",
+    "synthetic-views": "views per building of the synthetic federation",
+    "synthetic-size": "image side in pixels of the synthetic federation",
+    "resume": "absolute path of a stopped or killed run's folder: continue it from its checkpoint",
+    "min-replies": "fewest valid replies a round needs per network",
+    "round-retries": "how often a round short of replies is retried",
+    "reply-timeout": "seconds to wait for the nodes' replies in a round",
+    "node-timeout": "seconds to wait for enough nodes to connect",
+    "energy-country": "ISO country code whose carbon intensity prices the energy",
+    "energy-intensity": "fixed carbon intensity in gCO2eq/kWh (> 0 wins over energy-country)",
+    "precision": "auto (bf16 autocast on CUDA that supports it, else float32), fp32 or bf16",
+    "server-strategy": "Flower strategy aggregating every network: fedavg, fedprox, fedadam, fedyogi, fedadagrad, "
+                       "fedavgm, fedmedian, fedtrimmedavg",
+    "server-lr": "server learning rate of fedadam/fedyogi/fedadagrad/fedavgm (0: that strategy's Flower default)",
+    "server-momentum": "FedAvgM's server momentum",
+    "beta-1": "first-moment decay of fedadam/fedyogi",
+    "beta-2": "second-moment decay of fedadam/fedyogi",
+    "tau": "adaptivity τ of fedadam/fedyogi/fedadagrad",
+    "trim-beta": "fraction cut at each end by fedtrimmedavg",
+    "eval-every": "validate every this many rounds (and always in a stage's last round)",
+    "lost-after": "a building whose node fails this many training exchanges in a row is lost",
+    "test-coverage": "the final test must cover all buildings holding test data, or any of them",
+    "split-schedule": "MAS's split stage: continue the lr schedule, or restart it at lr over R − R0 rounds",
+    "hoa-single-cost": "price of a single-task network against HOA's budget of x networks (Standley: 0.5)",
+}
+
+
+def describe_run_config(markdown: bool = False) -> str:
+    """Every run-config key, its default (as written in `--run-config`, TOML) and `RUN_CONFIG_HELP`'s line:
+    aligned columns, or a Markdown table (`| key | default | meaning |`) when `markdown`."""
+    rows = [(key, _toml_value(value), RUN_CONFIG_HELP[key]) for key, value in RUN_CONFIG_DEFAULTS.items()]
+    if markdown:
+        return "\n".join(["| key | default | meaning |", "|---|---|---|",
+                          *(f"| `{k}` | `{d}` | {m} |" for k, d, m in rows)])
+    width_k, width_d = (max(len(r[i]) for r in rows) for i in (0, 1))
+    return "\n".join(f"{k:<{width_k}}  {d:<{width_d}}  {m}" for k, d, m in rows)
+
+
+def _toml_value(value: Any) -> str:
+    """A default as `--run-config` writes it: 'text', 3, 0.2, false."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"'{value}'" if isinstance(value, str) else repr(value)
+
 def app_defaults() -> dict[str, Any]:
     """A fresh copy of the defaults (callers may change it)."""
     return dict(RUN_CONFIG_DEFAULTS)

@@ -13,7 +13,7 @@ import typer
 from mas_flower import __version__
 from mas_flower.cli import app, main
 
-SUBCOMMANDS = {"synth", "check-data", "split", "bench", "report", "deploy-local", "run"}
+SUBCOMMANDS = {"synth", "check-data", "split", "bench", "report", "deploy-local", "run", "config"}
 
 
 def test_version(capsys: pytest.CaptureFixture) -> None:
