@@ -50,7 +50,8 @@ def test_run_starts_and_stops_its_own_superlink_and_reports_failure(private_home
 
     flwr_home = tmp_path / "flwr"
     done = subprocess.run([sys.executable, "-m", "mas_flower.launch", "--nodes", "2", "--flwr-home", str(flwr_home),
-                           "--", "--run-config", "task-set='sdq'"], capture_output=True, text=True, timeout=300)
+                           "--", "--run-config", f"clients-per-round=2 data-root='{tmp_path / 'no-data'}'"],
+                          capture_output=True, text=True, timeout=300)  # valid settings, missing data: the app fails
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"FLWR_HOME={flwr_home}" in done.stdout and "a SuperLink of this run's own on 127.0.0.1:" in done.stdout
     assert "stopped this run's SuperLink: pid(s) " in done.stdout
