@@ -99,7 +99,7 @@ def _say_stopped(suite: Suite, stop: Stopped) -> None:
     """After SIGINT/SIGTERM: which run was stopped, where its checkpoint is, how to go on."""
     print(f"bench stopped by {stop.name}" + (f" during run {stop.run_id}" if stop.run_id is not None else ""))
     if stop.run_dir is not None:
-        print(resume_hint(stop.run_dir, stop.last_round, suite.nodes))
+        print(resume_hint(stop.run_dir, stop.last_round, suite.nodes, run_sh=False))
     print(f"to go on with the suite: mas-flower bench {suite.path} --output {suite.output} (finished runs are kept; "
           f"an unfinished one is redone from the start unless resumed first as above)")
 

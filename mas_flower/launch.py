@@ -373,9 +373,11 @@ def check_run_config(flwr_args: list[str], nodes: int) -> Settings:
 
 # What to tell the user ----------------------------------------------------------------------------------
 
-def resume_hint(run_dir: Path | None, last_round: str | None = None, nodes: int | None = None) -> str:
+def resume_hint(run_dir: Path | None, last_round: str | None = None, nodes: int | None = None,
+                run_sh: bool = True) -> str:
     """Where a stopped or failed run's folder and checkpoint are, and the exact `resume=` run-config
-    (with the commands to pass it) that continues it; or why there is nothing to resume."""
+    (with the commands to pass it: `mas-flower run --nodes <nodes>`, and ./run.sh when `run_sh`) that
+    continues it; or why there is nothing to resume."""
     from mas_flower.results import RESULTS_FILE
     from mas_flower.strategy.checkpoint import CHECKPOINT_FILE
 
@@ -394,9 +396,10 @@ def resume_hint(run_dir: Path | None, last_round: str | None = None, nodes: int 
                      "(this path holds both kinds of quotes)")
         return "\n".join(lines)
     node_opt = f" --nodes {nodes}" if nodes is not None else ""
-    lines += [f"to resume, run with the run-config: {config}",
-              f"  ./run.sh --run-config {shell_word(config)}",
-              f"  mas-flower run{node_opt} -- --run-config {shell_word(config)}"]
+    lines.append(f"to resume, run with the run-config: {config}")
+    if run_sh:
+        lines.append(f"  ./run.sh --run-config {shell_word(config)}")
+    lines.append(f"  mas-flower run{node_opt} -- --run-config {shell_word(config)}")
     return "\n".join(lines)
 
 

@@ -126,3 +126,25 @@ def test_kill_of_run_sh_stops_the_run(tiny_federation: Path, tmp_path: Path) -> 
     assert seconds < EXIT_WITHIN, f"exit took {seconds:.1f} s"
     assert f"FLWR_HOME={home}/flwr/run-" in run.text  # the run's own SuperLink lived under MAS_FLOWER_HOME
     _check_resume_hint(run.text, signal.SIGTERM)
+
+
+def test_resume_hint_quotes_the_folder_as_flwr_and_the_shell_read_it(tmp_path: Path) -> None:
+    """Each of the hint's cases, by hand: no folder yet, no checkpoint yet, a folder with a quote in its
+    name (TOML basic string, then single-quoted for the shell), a finished run."""
+    from mas_flower.launch import parse_run_config_args, resume_hint
+
+    assert resume_hint(None) == "the ServerApp had not named a run folder yet: nothing to resume (start the run again)"
+    run_dir = tmp_path / "it's a run"
+    run_dir.mkdir()
+    assert resume_hint(run_dir) == (f"run folder: {run_dir}; no checkpoint yet (no round had ended): nothing to "
+                                    "resume, start it again")
+    (run_dir / CHECKPOINT_FILE).write_bytes(b"")
+    hint = resume_hint(run_dir, "merge 3/20", nodes=3, run_sh=False).splitlines()
+    assert hint[:3] == [f"run folder: {run_dir}", f"checkpoint: {run_dir / CHECKPOINT_FILE} (last round logged: "
+                        "merge 3/20)", f"to resume, run with the run-config: resume=\"{run_dir}\""]
+    assert len(hint) == 4 and hint[3].startswith("  mas-flower run --nodes 3 -- --run-config ")
+    word = subprocess.run(["bash", "-c", f"printf %s {hint[3].split('--run-config ')[1]}"], capture_output=True,
+                          text=True, check=True).stdout  # what the shell hands to flwr
+    assert parse_run_config_args([word]) == {"resume": str(run_dir)}  # what flwr reads
+    (run_dir / "results.json").write_text("{}")
+    assert resume_hint(run_dir) == f"run folder: {run_dir} (finished: results.json is there)"
