@@ -3,8 +3,9 @@
 Issue 21: only the number of simulated buildings changes (`mas-flower run --nodes N` with
 `synthetic-buildings=N`); the work a round asks of its clients does not (clients-per-round K fixed).
 For each N this generates the synthetic federation once under its own `MAS_FLOWER_HOME`
-(`<work>/n<N>`, timed: "data s"), decodes every building into the clients' cache once (timed:
-"decode s", so that no run pays it and the runs compare), then runs, through the real launcher
+(`<work>/n<N>`, timed: "data s", "reused" when already there), decodes every building into the
+clients' cache (timed: "decode s"; with a warm cache only the opening), so that no run pays it and the
+runs compare, then runs, through the real launcher
 (`python -m mas_flower.cli run`, Flower's simulation engine), FedAvg (2 rounds) and MAS-2 (4 rounds,
 2 merged; --methods) on task set `sd`, 8 views of 32 px per building, K = 10 per round, and prints
 per N and method:
