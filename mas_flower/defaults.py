@@ -54,6 +54,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "beta-2": 0.99,
     "tau": 0.001,
     "trim-beta": 0.2,
+    "bn-statistics": "average",
     "eval-every": 1,
     "lost-after": 3,
     "test-coverage": "all",
@@ -105,6 +106,8 @@ RUN_CONFIG_HELP: dict[str, str] = {
     "beta-2": "second-moment decay of fedadam/fedyogi",
     "tau": "adaptivity τ of fedadam/fedyogi/fedadagrad",
     "trim-beta": "fraction cut at each end by fedtrimmedavg",
+    "bn-statistics": ("'average': BatchNorm running statistics are the clients' example-weighted mean whatever "
+                      "the server strategy; 'strategy': aggregated like parameters"),
     "eval-every": "validate every this many rounds (and always in a stage's last round)",
     "lost-after": "a building whose node fails this many training exchanges in a row is lost",
     "test-coverage": "the final test must cover all buildings holding test data, or any of them",

@@ -68,6 +68,7 @@ class Settings:
     beta_2: float
     tau: float
     trim_beta: float
+    bn_statistics: str
     #: Validate every this many rounds (and always in a stage's last round).
     eval_every: int
     #: A building whose node fails this many rounds in a row is reported lost and no longer sampled.
@@ -173,6 +174,8 @@ class Settings:
         for key in ("server_momentum", "beta_1", "beta_2"):
             if not 0 <= getattr(self, key) < 1:
                 problems.append(f"{key.replace('_', '-')}={getattr(self, key)} must be in [0, 1)")
+        if self.bn_statistics not in ("average", "strategy"):
+            problems.append(f"bn-statistics={self.bn_statistics!r} is not 'average' or 'strategy'")
         if not 0 <= self.trim_beta < 0.5:
             problems.append(f"trim-beta={self.trim_beta} must be in [0, 0.5)")
         if self.eval_every < 1:

@@ -36,6 +36,7 @@ from mas_flower.splitting.stability import AffinityReport
 from mas_flower.strategy import membership
 from mas_flower.strategy.accounting import book_eval, book_train, count_exchange, take_metric_sums
 from mas_flower.strategy.aggregators import StrategyFactory, strategy_factory
+from mas_flower.strategy.bn_statistics import averaged_statistics
 from mas_flower.strategy.divergence import (
     LOWER,
     NEW_RUN,
@@ -242,6 +243,8 @@ class ParallelFederations(Strategy):
         for fed in self.federations:
             ok = accepted[fed.name]
             arrays, fed_metrics = self.strategies[fed.name].aggregate_train(server_round, ok)
+            if arrays is not None and self.settings.bn_statistics == "average":
+                arrays = averaged_statistics(arrays, ok)
             check_aggregate(arrays, self._sent[fed.name], federation=fed.name, strategy=self.strategies[fed.name],
                             server_round=server_round)
             for key, array in _like(arrays, self._sent[fed.name]).items():
