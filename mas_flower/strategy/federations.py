@@ -14,6 +14,7 @@ returns is checked too (`divergence.py`): a broken or diverged network stops the
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.logger import log
+from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -84,6 +85,22 @@ def initial_states(settings: Settings, federations: list[FederationSpec]) -> dic
     return {f.name: f.init if f.init is not None else fresh_state(settings, f) for f in federations}
 
 
+class InnerStrategyLines(logging.Filter):
+    """Drops the lines Flower's strategies log per federation and round ("configure_train: Sampled 4 nodes
+    (out of 4)", "aggregate_train: Received 4 results and 0 failures"): the driver hands each inner
+    strategy only the round's sampled nodes, so "out of 4" contradicts a federation of 6, and after a
+    split every line comes once per federation. The round's own line says what was sampled from what."""
+
+    PREFIXES = ("configure_train: Sampled", "configure_evaluate: Sampled", "%s: Received %s results",
+                "aggregate_train: Received", "aggregate_evaluate: Received")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+INNER_STRATEGY_LINES = InnerStrategyLines()
+
+
 class ParallelFederations(Strategy):
     """Trains the federations of one `Stage` side by side (Flower `Strategy`).
 
@@ -107,6 +124,7 @@ class ParallelFederations(Strategy):
                  strategies: dict[str, Strategy] | None = None,
                  on_round: Callable[[ParallelFederations], None] | None = None) -> None:
         self.stage, self.settings = stage, settings
+        FLOWER_LOGGER.addFilter(INNER_STRATEGY_LINES)  # the same object each time: added once
         make = strategy_factory(settings.server_strategy if aggregator is None else aggregator, settings)
         self.strategies: dict[str, Strategy] = strategies or {f.name: make() for f in stage.federations}
         check_sampling(self.strategies, settings.clients_per_round)

@@ -265,6 +265,6 @@ class MethodStrategy(Strategy):
         remaining = elapsed / max(self.rounds_this_session, 1) * max(left, 0)
         val = "  ".join(f"{name}: {sum(e['val_loss'].values()):.4f}" for name, e in record["federations"].items()
                         if "val_loss" in e) or "(not validated this round)"
-        log(INFO, "[%s] round %d/%d  clients %s  val loss %s  elapsed %.0fs  stage left ~%.0fs",
-            stage.phase, record["round"], stage.schedule_total, ",".join(record["sampled"]), val, elapsed,
-            remaining)
+        log(INFO, "[%s] round %d/%d  trained on %d of %d nodes (%s)  val loss %s  elapsed %.0fs  stage left ~%.0fs",
+            stage.phase, record["round"], stage.schedule_total, len(record["sampled"]), len(self.roster.nodes),
+            ",".join(record["sampled"]), val, elapsed, remaining)
