@@ -6,6 +6,7 @@ validation-loss and affinity-rounds figures only).
   over seeds (the supplementary's Figure 3). A round's total takes, per task, the lowest validation
   loss of the networks training it that round (HOA's first stage trains each task in several).
   Rounds are counted over all stages, so methods that retrain from scratch (HOA, TAG) run longer.
+  A dashed line marks where MAS and the oracle split (`split_round`: the merge stage's last round, R0).
 - `affinity-rounds-<task set>-<method>.png`: A[i→j] per affinity round, one panel per task j, a line
   per other task i, mean over seeds (Figure 4).
 - `affinity-matrix-<task set>-<method>.png`: the final affinity matrix per seed. Every heatmap of a
@@ -21,7 +22,8 @@ validation-loss and affinity-rounds figures only).
   highest skill that round (as the validation-loss curve takes each task's lowest loss).
 - `cogrouping-<task set>.png` and `cogrouping.csv`: per splitting method, how often each pair of
   tasks shared a group across seeds (the split stability the supplementary's Table 2 discusses).
-- `loss-vs-energy.png`: total test loss against energy per method, error bars = std over seeds.
+- `loss-vs-energy.png`: total test loss against energy per method, error bars = std over seeds; its
+  axis and panel titles say whether the energy was measured or (results.json `energy_estimated`) estimated.
 
 Every figure's title names where the runs it shows come from and their settings (`provenance`): the
 suite (the folder holding `runs/`), or each run folder outside a suite by its own settings. The title
@@ -92,7 +94,7 @@ def make_report(paths: list[Path], out: Path | None = None) -> list[Path]:
             written.append(_cogrouping_figure(ts, part, out / f"cogrouping-{_safe(ts)}.png",
                                               provenance(_of_task_set(groups, ts))))
     if runs:
-        written.append(_loss_vs_energy(rows, colours, out / "loss-vs-energy.png", note))
+        written.append(_loss_vs_energy(rows, runs, colours, out / "loss-vs-energy.png", note))
         write_summary(out, runs)
     return written
 
@@ -221,29 +223,40 @@ def write_cogrouping_csv(path: Path, frequencies: dict[tuple[str, str], tuple[np
 
 def _validation_loss(groups: Curves, order: list[str], colours: dict[str, str], path: Path, note: str) -> Path:
     import matplotlib.pyplot as plt
+
+    return _save(validation_loss_figure(groups, order, colours, note), plt, path)
+
+
+def validation_loss_figure(groups: Curves, order: list[str], colours: dict[str, str], note: str):
+    """The validation-loss figure (a matplotlib Figure, one panel per task set): per method the mean ± std
+    over seeds of `_val_points` against the round, and a dashed line at each `split_round` of its runs."""
     from matplotlib.ticker import MaxNLocator
 
     task_sets = list(dict.fromkeys(ts for ts, _ in groups))
     fig, axes = _grid(len(task_sets), width=6.0, height=4.2)
     for ax, ts in zip(axes, task_sets, strict=False):
         for label in order:
-            curves = [c for r in groups.get((ts, label), []) if len(c := _val_totals(r))]
+            members = groups.get((ts, label), [])
+            curves = [c for r in members if len(c := _val_points(r))]
             if not curves:
                 continue
             length = min(len(c) for c in curves)
-            values = np.array([c[:length] for c in curves])
-            x = np.arange(1, length + 1)
+            values = np.array([[total for _, total in c[:length]] for c in curves])
+            x = np.array([rnd for rnd, _ in min(curves, key=len)])
             mean, std = values.mean(axis=0), values.std(axis=0)
             ax.plot(x, mean, color=colours[label], label=f"{display_name(label, False)} (n={len(curves)})")
             if len(curves) > 1:
                 ax.fill_between(x, mean - std, mean + std, color=colours[label], alpha=0.15, linewidth=0)
+            for r0 in sorted({r0 for r in members if (r0 := split_round(r)) is not None}):
+                ax.axvline(r0, color=colours[label], linestyle="--", linewidth=1.0,
+                           label=f"{display_name(label, False)} splits (R0={r0})")
         ax.set(title=f"Validation loss over training on `{ts}`", xlabel="round (all stages of the method)",
                ylabel="total validation loss (sum over tasks)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _suptitle(fig, "", note, fontsize=9)
-    return _save(fig, plt, path)
+    return fig
 
 
 def _affinity_rounds(runs: list[Run], ts: str, label: str, path: Path, note: str) -> Path:
@@ -392,13 +405,20 @@ def _cogrouping_figure(ts: str, frequencies: dict[str, tuple[np.ndarray, int]], 
     return _save(fig, plt, path)
 
 
-def _loss_vs_energy(rows: list, colours: dict[str, str], path: Path, note: str) -> Path:
+def _loss_vs_energy(rows: list, runs: list[Run], colours: dict[str, str], path: Path, note: str) -> Path:
     import matplotlib.pyplot as plt
 
+    return _save(loss_vs_energy_figure(rows, runs, colours, note), plt, path)
+
+
+def loss_vs_energy_figure(rows: list, runs: list[Run], colours: dict[str, str], note: str):
+    """The loss-versus-energy figure (a matplotlib Figure, one panel per task set of `rows`, the `summarise`
+    rows of the finished `runs`); each panel's axis label and title carry its runs' `energy_basis`."""
     task_sets = list(dict.fromkeys(row.task_set for row in rows))
     fig, axes = _grid(len(task_sets), width=6.0, height=4.5)
     for ax, ts in zip(axes, task_sets, strict=False):
         part = [row for row in rows if row.task_set == ts]
+        basis = energy_basis([r for r in runs if r.task_set == ts])
         for row in part:
             name = display_name(row.method, False)
             ax.errorbar(row.energy_kwh[0], row.total[0], xerr=row.energy_kwh[1], yerr=row.total[1], fmt="o",
@@ -408,27 +428,63 @@ def _loss_vs_energy(rows: list, colours: dict[str, str], path: Path, note: str) 
         energies = [row.energy_kwh[0] for row in part if row.energy_kwh[0] > 0]
         if energies and max(energies) / min(energies) > 20:
             ax.set_xscale("log")
-        ax.set(title=f"Total test loss vs energy on `{ts}`", xlabel="energy (kWh, mean ± std over seeds)",
-               ylabel="total test loss (sum over tasks)")
+        ax.set(title=f"Total test loss vs energy ({basis}) on `{ts}`",
+               xlabel=f"energy (kWh, {basis}; mean ± std over seeds)", ylabel="total test loss (sum over tasks)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _suptitle(fig, "", note, fontsize=9)
-    return _save(fig, plt, path)
+    return fig
+
+
+def energy_basis(runs: list[Run]) -> str:
+    """How the energy of `runs` was obtained, from results.json's `energy_estimated`: 'ESTIMATED in k of n
+    runs' when any run's is an estimate (e.g. carbontracker's constant power without RAPL), 'measured' when
+    every run says it was measured, else 'measured or estimated: not recorded'."""
+    estimated = sum(bool(r.results.get("energy_estimated")) for r in runs)
+    if estimated:
+        return f"ESTIMATED in {estimated} of {len(runs)} runs"
+    if all(r.results.get("energy_estimated") is False for r in runs):
+        return "measured"
+    return "measured or estimated: not recorded"
 
 
 # Helpers -----------------------------------------------------------------------------------------
 
 def _val_totals(run: Run) -> list[float]:
     """Per history entry: the sum over tasks of the lowest validation loss any network has for the task."""
-    tasks, totals = run.task_set, []
-    for entry in run.results.get("history", []):
+    return [total for _, total in _val_points(run)]
+
+
+def _val_points(run: Run) -> list[tuple[int, float]]:
+    """(round, `_val_totals` total) per history entry in which every task was validated (with
+    `eval-every` > 1 not every round is); the round is the entry's `round` (counted over all stages),
+    else its position from 1."""
+    tasks, points = run.task_set, []
+    for index, entry in enumerate(run.results.get("history", []), start=1):
         best: dict[str, float] = {}
         for fed in entry.get("federations", {}).values():
             for t, v in (fed.get("val_loss") or {}).items():
                 best[t] = min(best.get(t, np.inf), float(v))
         if all(t in best for t in tasks):
-            totals.append(sum(best[t] for t in tasks))
-    return totals
+            points.append((int(entry.get("round", index)), sum(best[t] for t in tasks)))
+    return points
+
+
+#: The phase of the stage that continues a merged network's training in groups (MAS, the oracle).
+SPLIT_PHASE = "split"
+
+
+def split_round(run: Run) -> int | None:
+    """The round after which `run` split: the last round before its first `SPLIT_PHASE` history entry,
+    i.e. the merge stage's last round (`merge-rounds`, R0). None when it has no such entry: methods
+    without a merge stage (FedAvg, one-by-one, pairs) and those whose groups retrain from scratch
+    (HOA, TAG: phase 'groups'), or an unfinished run still merging."""
+    previous = None
+    for entry in run.results.get("history", []):
+        if entry.get("phase") == SPLIT_PHASE:
+            return previous
+        previous = int(entry["round"]) if "round" in entry else None
+    return None
 
 
 def _val_skills(run: Run) -> list[dict[str, float]]:
