@@ -58,7 +58,7 @@ def test_the_readme_serverapp_runs_with_no_data_root(private_homes, tmp_path: Pa
     results = json.loads((run_dir / "results.json").read_text())
     generated = private_homes["MAS_FLOWER_HOME"] / "data" / "synthetic-b4-v12-s32-seed0"
     assert results["config"]["data-root"] == str(generated) and (generated / "rgb").is_dir()
-    assert results["server_strategy"] == "FedAdam" and results["server_hyperparameters"]["eta"] == 0.001
+    assert results["server_strategy"] == "FedAdam" and results["server_hyperparameters"]["eta"] == 0.01
     assert [h["phase"] for h in results["history"]] == ["merge", "merge", "split"]
     assert set(results["test_loss"]) == set("sdk") and all(math.isfinite(v) for v in results["test_loss"].values())
     val = [v for h in results["history"] for e in h["federations"].values() for v in e["val_loss"].values()]

@@ -152,7 +152,7 @@ def test_a_users_serverapp_from_the_readme_runs_mas_over_fedadam(private_homes, 
                                    "init_args": {"num_cpus": 2, "num_gpus": 0}})
     results = json.loads((tmp_path / "users" / "results.json").read_text())
     assert results["method"] == "mas" and results["server_strategy"] == "FedAdam"
-    assert results["server_hyperparameters"]["eta"] == 0.001  # the README block's
+    assert results["server_hyperparameters"]["eta"] == 0.01  # the README block's
     assert [h["phase"] for h in results["history"]] == ["merge", "merge", "split"]
     # eval-every=2: round 1 is not validated; round 2 is, and so is the last round of every stage.
     assert ["val_loss" in e for h in results["history"] for e in h["federations"].values()] == [False, True, True, True]
