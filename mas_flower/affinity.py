@@ -50,8 +50,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mas_flower.settings import AFFINITY_MODES
+
 LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], str], Mapping[str, Tensor]]
-AFFINITY_MODES = ("exact", "first_order")
 
 
 def is_lookahead_batch(batch_index: int, epoch: int, every: int, first_epoch_only: bool = False) -> bool:

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import mas_flower
-from mas_flower.affinity import AFFINITY_MODES
+from mas_flower.settings import AFFINITY_MODES
 from mas_flower.tasks import parse_tasks
 
 #: Samples per measured batch (batch norm in training mode needs more than one value per channel).

@@ -15,10 +15,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from mas_flower.affinity import AFFINITY_MODES
 from mas_flower.tasks import parse_tasks
-from mas_flower.training import PRECISIONS
 
+#: `precision` values: `auto` is bf16 autocast on a GPU that supports it, fp32 otherwise.
+PRECISIONS = ("auto", "fp32", "bf16")
+#: `affinity-mode` values: the exact lookahead (Fifty et al., TAG) or its first-order approximation.
+AFFINITY_MODES = ("exact", "first_order")
 #: `test-coverage` values: the final test covers `all` buildings holding test data, or `any` of them.
 TEST_COVERAGE = ("all", "any")
 

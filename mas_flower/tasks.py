@@ -7,8 +7,10 @@ hard-codes a domain name, a bit depth or a normalisation constant (design.md sec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are touched, so the task table (and settings) load without it
+    import torch
 
 #: Raw depth values at or above this are "no value" (65535) or too far to trust: masked out.
 DEPTH_VALID_BELOW = 8192
@@ -64,6 +66,8 @@ class Task:
 
         Segmentation gives long class ids (N, H, W); everything else float (N, out_channels, H, W).
         """
+        import torch
+
         if self.is_classification:
             return raw[:, 0].long()
         if raw.dtype == torch.uint16 and raw.device.type != "cpu":  # few kernels take uint16 off the CPU:
@@ -82,6 +86,8 @@ class Task:
 
         Returns float raw values (N, kept channels, H, W) before rounding and clipping.
         """
+        import torch
+
         if self.is_classification:
             return target[:, None].float()
         offset = torch.tensor(self.offset, dtype=torch.float64).view(1, -1, 1, 1)

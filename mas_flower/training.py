@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from mas_flower.affinity import (
-    AFFINITY_MODES,
     AffinityAccumulator,
     LossFn,
     batch_affinity,
@@ -32,10 +31,8 @@ from mas_flower.affinity import (
 )
 from mas_flower.local_sgd import LocalSGD
 from mas_flower.metrics import TaskMetrics
+from mas_flower.settings import AFFINITY_MODES, PRECISIONS
 from mas_flower.weighting import Weighting, get_weighting, list_weightings
-
-#: Values of `TrainConfig.precision` (the run-config key `precision`).
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class SplitData(Protocol):

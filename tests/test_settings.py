@@ -83,3 +83,15 @@ def test_learning_rate_schedule() -> None:
 def test_each_threshold_itself_is_accepted(override: dict) -> None:
     s = load_settings({}, override)
     assert all(getattr(s, k.replace("-", "_")) == v for k, v in override.items())
+
+
+@pytest.mark.parametrize("module", ["mas_flower.settings", "mas_flower.defaults", "mas_flower.tasks"])
+def test_configuration_modules_load_without_torch_or_flower(module: str) -> None:
+    """Reading and checking a run config must not pay torch's (or Flower's) import: a fresh interpreter
+    imports the module and reports which heavy packages came with it."""
+    import subprocess
+    import sys
+
+    probe = f"import sys, {module}; print(sorted(m for m in ('torch', 'flwr', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing {module} brought {out.strip()}"
