@@ -14,6 +14,7 @@ from logging import INFO
 from flwr.common.logger import log
 
 from mas_flower.defaults import synthetic_root
+from mas_flower.heartbeat import heartbeat
 from mas_flower.settings import Settings
 
 
@@ -32,6 +33,10 @@ def prepare_data(settings: Settings) -> Settings:
 
     root = synthetic_root(settings)
     log(INFO, "no data-root given: using the synthetic federation at %s (generated on first use)", root)
-    generate_dataset(root, buildings=settings.synthetic_buildings, views=settings.synthetic_views,
-                     size=settings.synthetic_size, seed=settings.seed)
+    written = [0]
+    total = settings.synthetic_buildings
+    with heartbeat(lambda t: log(INFO, "generating the synthetic federation: %d of %d buildings written (%.0f s)",
+                                 written[0], total, t)):
+        generate_dataset(root, buildings=total, views=settings.synthetic_views, size=settings.synthetic_size,
+                         seed=settings.seed, progress=lambda k: written.__setitem__(0, k))
     return dataclasses.replace(settings, data_root=str(root))

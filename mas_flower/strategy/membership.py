@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from mas_flower import protocol as P
 from mas_flower.constant import LabelHistogram
 from mas_flower.energy import host_id
+from mas_flower.heartbeat import heartbeat
 from mas_flower.strategy.exchange import exchange
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ def query_info(roster: NodeRoster, grid: Grid, ids: Iterable[int], timeout: floa
     query = RecordDict({P.CONFIG: ConfigRecord({**roster.data_config(), P.LABEL_HISTOGRAM: labels})})
     tagged = [(nid, Message(content=query, dst_node_id=nid, message_type=f"{MessageType.QUERY}.{P.INFO_QUERY}"))
               for nid in ids]
-    replies = exchange(grid, tagged, timeout=timeout)
+    with heartbeat(lambda t: log(INFO, "waiting for %d node(s) to answer (%.0f s): a node's first message starts "
+                                       "its process and loads PyTorch and its building's index", len(tagged), t)):
+        replies = exchange(grid, tagged, timeout=timeout)
     infos: dict[int, dict[str, Any]] = {}
     errors = {nid: "no reply in time" for nid, _ in tagged if nid not in replies}
     here = host_id()

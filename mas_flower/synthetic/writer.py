@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
@@ -175,7 +176,8 @@ def _params(buildings: int, views: int, size: int, seed: int) -> dict[str, Any]:
     }
 
 
-def generate_dataset(out: Path, buildings: int, views: int, size: int, seed: int, workers: int | None = None) -> None:
+def generate_dataset(out: Path, buildings: int, views: int, size: int, seed: int, workers: int | None = None,
+                     progress: Callable[[int], None] | None = None) -> None:
     """Write `buildings` x `views` synthetic views of size x size px under `out` (see module doc).
 
     `workers`: processes rendering buildings in parallel; None (default): `default_workers` (every
@@ -183,6 +185,7 @@ def generate_dataset(out: Path, buildings: int, views: int, size: int, seed: int
     whatever the number: each view depends only on (seed, building, view).
     Reuses `out` without work when it already holds a complete dataset with the same parameters;
     refuses (ValueError) any other non-empty `out`, and a `workers` that is not an integer >= 1 or None.
+    `progress(k)`, if given, is called after the k-th building (in building order) is written.
     """
     params = _params(buildings, views, size, seed)
     if workers is None:
@@ -208,12 +211,16 @@ def generate_dataset(out: Path, buildings: int, views: int, size: int, seed: int
         tmp.mkdir()
         jobs = [(str(tmp), seed, b, name, views, size) for b, name in enumerate(params["building_names"])]
         if workers == 1 or buildings == 1:
-            for job in jobs:
+            for k, job in enumerate(jobs, 1):
                 _write_building_job(job)
+                if progress is not None:
+                    progress(k)
         else:  # one torch thread per worker
             with ProcessPoolExecutor(min(workers, buildings), mp_context=_pool_context(),
                                      initializer=_worker_init) as pool:
-                list(pool.map(_write_building_job, jobs))
+                for k, _ in enumerate(pool.map(_write_building_job, jobs), 1):
+                    if progress is not None:
+                        progress(k)
         (tmp / INFO_FILE).write_text(json.dumps({**params, "complete": True}, indent=1))
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
