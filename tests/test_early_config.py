@@ -175,8 +175,8 @@ def test_config_markdown_table(capsys: pytest.CaptureFixture) -> None:
     assert main(["config", "--format", "html"]) == 2
 
 
-def test_the_readmes_key_table_is_the_config_table(capsys: pytest.CaptureFixture) -> None:
+def test_the_docs_key_table_is_the_config_table(capsys: pytest.CaptureFixture) -> None:
     assert main(["config", "--format", "markdown"]) == 0
     table = capsys.readouterr().out.strip()
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert table in readme, "README.md's run-config table differs from `mas-flower config --format markdown`"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert table in page, "docs/configuration.md's run-config table differs from `mas-flower config --format markdown`"

@@ -1,6 +1,6 @@
-"""The README's own-ServerApp example works out of the box: its code block, as written, is the ServerApp
-of an app folder of its own, run by the real `flwr run` (a managed SuperLink of this test's own,
-stopped by PID) with no data-root, so the library call `prepare_data` must make the synthetic
+"""The own-ServerApp example of docs/strategies.md works out of the box: its code block, as written, is
+the ServerApp of an app folder of its own, run by the real `flwr run` (a managed SuperLink of this test's
+own, stopped by PID) with no data-root, so the library call `prepare_data` must make the synthetic
 federation itself."""
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def readme_block() -> str:
-    """The code block under "**Your own ServerApp**" in README.md, as written."""
-    section = (REPO / "README.md").read_text().split("**Your own ServerApp**", 1)[1]
+    """The code block of docs/strategies.md, section "Your own ServerApp", as written."""
+    section = (REPO / "docs" / "strategies.md").read_text().split("\n## Your own ServerApp\n", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def user_app_folder(folder: Path) -> Path:
-    """An app folder as the README tells a user to make: their ServerApp module, our ClientApp, the app's
-    run-config defaults (from our pyproject.toml)."""
+    """An app folder as docs/strategies.md tells a user to make: their ServerApp module, our ClientApp, the
+    app's run-config defaults (from our pyproject.toml)."""
     ours = tomllib.loads((REPO / "pyproject.toml").read_text())
     folder.mkdir()
     (folder / "my_server.py").write_text(readme_block())

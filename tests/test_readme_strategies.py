@@ -1,6 +1,6 @@
-"""Every strategy command of the README's *Swap strategies* works as written: each is run (shortened to a
-few rounds on a small federation) in Flower's simulation engine, and its losses stay finite, nothing
-is flagged as diverged, and the last validation loss is below the first."""
+"""Every strategy command of docs/strategies.md, section "The run-config way", works as written: each is
+run (shortened to a few rounds on a small federation) in Flower's simulation engine, and its losses stay
+finite, nothing is flagged as diverged, and the last validation loss is below the first."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ SHORT = {"num-rounds": 4, "merge-rounds": 2, "affinity-rounds": 1, "clients-per-
 
 
 def readme_commands() -> list[str]:
-    """The run-config strings of the `./run.sh --run-config "..."` lines of *Swap strategies*."""
-    section = (REPO / "README.md").read_text().split("## Swap strategies", 1)[1].split("\n## ", 1)[0]
+    """The run-config strings of the `./run.sh --run-config "..."` lines of docs/strategies.md, section
+    "The run-config way"."""
+    page = (REPO / "docs" / "strategies.md").read_text()
+    section = page.split("\n## The run-config way\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r'^\s+\./run\.sh --run-config "([^"]+)"', section, re.M)
 
 

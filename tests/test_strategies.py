@@ -1,5 +1,5 @@
 """The Flower strategies: fedavg gives the numbers of before (bit for bit), every `server-strategy`
-builds Flower's own class with its hyperparameters, and a user's ServerApp from the README runs."""
+builds Flower's own class with its hyperparameters, and a user's ServerApp from docs/strategies.md runs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMed
 from mas_flower.defaults import load_settings
 from mas_flower.methods import FederationSpec, Stage
 from mas_flower.strategy import ParallelFederations, server_strategy
+from mas_flower.strategy.aggregators import MEASURED_SERVER_LR
 from tests.test_app_simulation import run_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,19 +74,27 @@ def test_fedavg_reproduces_the_numbers_of_before_bit_for_bit(private_homes, tiny
 @pytest.mark.parametrize(("name", "cls", "expected"), [
     ("fedavg", FedAvg, {}),
     ("fedprox", FedProx, {"proximal_mu": 0.004}),
-    ("fedadam", FedAdam, {"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.001}),
+    ("fedadam", FedAdam, {"eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.001}),  # measured, not Flower's 0.1
     ("fedyogi", FedYogi, {"eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 0.001}),
-    ("fedadagrad", FedAdagrad, {"eta": 0.1, "tau": 0.001}),
+    ("fedadagrad", FedAdagrad, {"eta": 0.01, "tau": 0.001}),  # measured, not Flower's 0.1
     ("fedavgm", FedAvgM, {"server_learning_rate": 1.0, "server_momentum": 0.0}),
     ("fedmedian", FedMedian, {}),
     ("fedtrimmedavg", FedTrimmedAvg, {"beta": 0.2}),
 ])
-def test_server_strategy_is_flowers_own_class_with_flowers_defaults(name: str, cls: type, expected: dict) -> None:
+def test_server_strategy_is_flowers_class_with_its_defaults_or_the_measured_eta(name: str, cls: type,
+                                                                                expected: dict) -> None:
     strategy = server_strategy(load_settings({}, {"server-strategy": name}))
     assert type(strategy) is cls
     for key, value in expected.items():
         assert getattr(strategy, key) == value, key
     assert strategy.weighted_by_key == "num-examples" and strategy.fraction_train == 1.0
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedadagrad"])
+def test_flowers_own_eta_stays_reachable_by_setting_it(name: str) -> None:
+    """server-lr=0 gives the measured 0.01; Flower's 0.1 is still there for whoever asks for it."""
+    assert server_strategy(load_settings({}, {"server-strategy": name, "server-lr": 0.1})).eta == 0.1
+    assert server_strategy(load_settings({}, {"server-strategy": name})).eta == MEASURED_SERVER_LR[name] == 0.01
 
 
 def test_server_hyperparameters_come_from_the_run_config() -> None:
@@ -118,12 +127,13 @@ def test_a_strategy_that_would_wait_for_more_nodes_than_sampled_is_refused() -> 
 
 
 def readme_server_app() -> types.ModuleType:
-    """The README's own-ServerApp example, as a module (so the README cannot rot)."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("**Your own ServerApp**", 1)[1]
+    """The own-ServerApp example of docs/strategies.md, section "Your own ServerApp", as a module (so the
+    page cannot rot)."""
+    page = (REPO / "docs" / "strategies.md").read_text()
+    section = page.split("\n## Your own ServerApp\n", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     module = types.ModuleType("readme_server_app")
-    exec(compile(code, "README.md", "exec"), module.__dict__)
+    exec(compile(code, "docs/strategies.md", "exec"), module.__dict__)
     return module
 
 
@@ -152,7 +162,7 @@ def test_a_users_serverapp_from_the_readme_runs_mas_over_fedadam(private_homes, 
                                    "init_args": {"num_cpus": 2, "num_gpus": 0}})
     results = json.loads((tmp_path / "users" / "results.json").read_text())
     assert results["method"] == "mas" and results["server_strategy"] == "FedAdam"
-    assert results["server_hyperparameters"]["eta"] == 0.01  # the README block's
+    assert results["server_hyperparameters"]["eta"] == 0.01  # the docs/strategies.md block's
     assert [h["phase"] for h in results["history"]] == ["merge", "merge", "split"]
     # eval-every=2: round 1 is not validated; round 2 is, and so is the last round of every stage.
     assert ["val_loss" in e for h in results["history"] for e in h["federations"].values()] == [False, True, True, True]
