@@ -40,7 +40,6 @@ passes, and it is the limit of the exact value as η → 0.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -272,9 +271,3 @@ def batch_affinity(net: nn.Module, batch: Mapping[str, Tensor], *, lr: float, we
         return lookahead_from_gradients(net, batch, base, grads, lr=lr, weight_decay=weight_decay, mode=mode,
                                         loss_fn=loss_fn)
 
-
-def affinity_to_json(tasks: str, matrix: np.ndarray | None) -> dict[str, object] | None:
-    """The results.json / `mas-flower split` form: {"tasks": "...", "matrix": [[...]]} (Z[i→j])."""
-    if matrix is None:
-        return None
-    return {"tasks": tasks, "matrix": [[float(v) if math.isfinite(v) else None for v in row] for row in matrix]}

@@ -182,11 +182,6 @@ def scan_root(root: Path) -> Layout:
     return Layout(root, components, layout.buildings_in(RGB_DOMAIN))
 
 
-def require_root(root: Path) -> Path:
-    """ROOT if it exists and has an rgb folder, else DataError."""
-    return scan_root(root).root
-
-
 def list_buildings(root: Path) -> list[str]:
     """Building names, discovered from `ROOT/rgb/` (see the module doc for naming), sorted."""
     return list(scan_root(Path(root)).buildings)
