@@ -1,7 +1,7 @@
 """The app's run-config defaults, in code: the one place they are written.
 
 `pyproject.toml`'s `[tool.flwr.app.config]` must list the same keys and values (Flower reads it there
-for `flwr run`; `tests/test_defaults.py` keeps the two equal). Code never reads `pyproject.toml`, so
+for `flwr run`; `tests/test_package.py` keeps the two equal). Code never reads `pyproject.toml`, so
 the package works the same from a wheel as from a checkout.
 """
 
@@ -56,6 +56,7 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "trim-beta": 0.2,
     "bn-statistics": "average",
     "eval-every": 1,
+    "validation-nodes": 100,
     "lost-after": 3,
     "test-coverage": "all",
     "split-schedule": "continue",
@@ -109,6 +110,9 @@ RUN_CONFIG_HELP: dict[str, str] = {
     "bn-statistics": ("'average': BatchNorm running statistics are the clients' example-weighted mean whatever "
                       "the server strategy; 'strategy': aggregated like parameters"),
     "eval-every": "validate every this many rounds (and always in a stage's last round)",
+    "validation-nodes": ("nodes that validate: a fixed sample of this many, drawn once from seed and redrawn only to "
+                         "replace nodes that leave (a larger federation's validation loss is then an estimate, "
+                         "labelled as one); 0: every node. The final test covers every node"),
     "lost-after": "a building whose node fails this many training exchanges in a row is lost",
     "test-coverage": "the final test must cover all buildings holding test data, or any of them",
     "split-schedule": "MAS's split stage: continue the lr schedule, or restart it at lr over R − R0 rounds",

@@ -73,6 +73,8 @@ class Settings:
     bn_statistics: str
     #: Validate every this many rounds (and always in a stage's last round).
     eval_every: int
+    #: Nodes that validate: a fixed seeded sample of this many (0: every node); the final test covers every node.
+    validation_nodes: int
     #: A building whose node fails this many rounds in a row is reported lost and no longer sampled.
     lost_after: int
     #: Which buildings holding test data the final test must cover: `all` of them, or `any` (at least one).
@@ -182,6 +184,9 @@ class Settings:
             problems.append(f"trim-beta={self.trim_beta} must be in [0, 0.5)")
         if self.eval_every < 1:
             problems.append(f"eval-every={self.eval_every} must be at least 1")
+        if self.validation_nodes < 0:
+            problems.append(f"validation-nodes={self.validation_nodes} must be 0 (every node validates) or a number "
+                            "of nodes >= 1")
         return problems
 
     def lr_at(self, round_index: int, total: int | None = None) -> float:

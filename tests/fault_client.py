@@ -5,7 +5,8 @@ come back with NaN), "sleep" (its first train reply comes after SLEEP_SECONDS) o
 round 2 on), "remote" (the node says it runs on another machine, so it meters its own training),
 "killed" (in round 2 it writes its process id to `actor-pid` in the fault folder and waits there to be
 SIGKILLed, as an out-of-memory kill would end it), "building=<name>" (it claims that building).
-Other nodes behave normally.
+Other nodes behave normally. With MAS_FLOWER_TEST_RECORD set (a file path), every node appends one line
+per message it handles: `train <round> <building>` or `evaluate <split> <building>`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from client_app import app as real
+from client_app.node import node_building
 from mas_flower import protocol as P
 
 SLEEP_SECONDS = 16.0
@@ -33,10 +35,20 @@ def faults() -> dict[int, str]:
 app = ClientApp()
 
 
+def note(msg: Message, context: Context, kind: str, what: object) -> None:
+    """Append `<kind> <what> <building>` to the file MAS_FLOWER_TEST_RECORD names (nothing if unset)."""
+    path = os.environ.get("MAS_FLOWER_TEST_RECORD")
+    if path:
+        building = node_building(dict(msg.content[P.CONFIG]), context)
+        with open(path, "a", encoding="utf-8") as f:  # one short append per line: whole lines
+            f.write(f"{kind} {what} {building}\n")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     fault = faults().get(int(context.node_config["partition-id"]))
     round_ = int(msg.content[P.CONFIG]["server-round"])
+    note(msg, context, "train", round_)
     if fault == "raise" or (fault == "late-raise" and round_ >= 2):
         raise RuntimeError("injected fault: this client crashed")
     marker = Path(os.environ.get("MAS_FLOWER_TEST_FAULT_DIR", "/nonexistent")) / f"slept-{context.node_id}"
@@ -57,7 +69,10 @@ def train(msg: Message, context: Context) -> Message:
     return reply
 
 
-app.evaluate()(real.evaluate_)
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    note(msg, context, "evaluate", msg.content[P.CONFIG]["split"])
+    return real.evaluate_(msg, context)
 
 
 @app.query(P.INFO_QUERY)

@@ -43,10 +43,13 @@ def test_results_have_every_key(mas_run: Path) -> None:
     assert results["total_test_loss"] == pytest.approx(sum(results["test_loss"].values()))
     assert all(np.isfinite(v) and v > 0 for v in results["test_loss"].values())
     assert results["client_train_seconds"] > 0 and results["wall_seconds"] > results["client_train_seconds"] / 3
-    # Every network's test covered every building, and each validation names the buildings it covered.
+    # Every network's test covered every building, and every validation all 4 nodes (validation-nodes=100
+    # >= 4): not an estimate, none missing.
     assert results["test_missing"] == [] and results["lost_buildings"] == {}
     assert all(covered == results["nodes"] for covered in results["test_buildings"].values())
-    assert all(e["val_buildings"] == results["nodes"] for h in results["history"] for e in h["federations"].values())
+    assert results["validation_sample"] == results["nodes"]
+    assert all((e["val_nodes"], e["val_of"], e["val_estimate"]) == (4, 4, False) and "val_missing" not in e
+               for h in results["history"] for e in h["federations"].values())
 
 
 def test_merge_then_split_rounds(mas_run: Path) -> None:

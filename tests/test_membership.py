@@ -70,9 +70,13 @@ def test_with_test_coverage_any_results_name_what_each_evaluation_covered(monkey
     assert missing and set(missing) <= set(buildings)
     for name, covered in results["test_buildings"].items():
         assert covered and set(covered) | set(missing) == set(buildings), name
-    assert results["history"][0]["federations"]["all"]["val_buildings"] == buildings  # before the kill
-    later = [e["val_buildings"] for h in results["history"][1:] for e in h["federations"].values()]
-    assert any(len(c) < 4 for c in later)  # what each validation covered, named
+    first = results["history"][0]["federations"]["all"]  # before the kill: every node validated
+    assert (first["val_nodes"], first["val_of"], first["val_estimate"]) == (4, 4, False) and "val_missing" not in first
+    later = [e for h in results["history"][1:] for e in h["federations"].values()]
+    # What each validation missed, named, and counted: an estimate over fewer nodes.
+    assert any(e.get("val_missing") and e["val_estimate"] and e["val_nodes"] + len(e["val_missing"]) == 4
+               for e in later)
+    assert all(set(e.get("val_missing", [])) <= set(buildings) for e in later)
 
 
 def test_two_nodes_claiming_one_building_are_refused_naming_both(monkeypatch, private_homes, tiny_federation: Path,

@@ -1,5 +1,5 @@
 """Strategies wrapped in strategies: Flower's real DP wrapper around FedAvg, and a user's own wrapper,
-in a user's ServerApp (the README's pattern) run in Flower's simulation.
+in a user's ServerApp (the pattern of docs/strategies.md, section "Your own ServerApp") run in Flower's simulation.
 
 - a wrapped strategy that would wait for more nodes than a round samples is refused at once, with the
   message a plain one gets (also when the wrapper hides what it wraps: then its wait is cut short);
@@ -116,7 +116,7 @@ class Hidden(Strategy):
 
 
 def user_app(make: Callable[[], Strategy], overrides: dict) -> ServerApp:
-    """The README's own-ServerApp pattern: our method, every federation aggregated by `make()`."""
+    """The own-ServerApp pattern of docs/strategies.md: our method, every federation aggregated by `make()`."""
     from mas_flower.methods import build_method
     from mas_flower.results import new_run_dir
     from mas_flower.strategy import MethodStrategy, write_outputs
@@ -191,7 +191,8 @@ def test_a_wrapper_hiding_what_it_wraps_is_stopped_while_it_waits() -> None:
                                      "after 3.")
     assert str(err.value).endswith(", but a round gives it exactly clients-per-round=1 sampled nodes: use "
                                    "fraction_train=1.0 and min_train_nodes, min_available_nodes <= 1")
-    with pytest.raises(ValueError, match=r"an evaluation gives it exactly the 1 nodes of the federation: use "
+    with pytest.raises(ValueError, match=r"an evaluation gives it exactly the 1 nodes that evaluate \(every node "
+                                         r"for the test, the validation-nodes sample for validation\): use "
                                          r"fraction_evaluate=1.0 and min_evaluate_nodes"):
         configured(hidden, "all", [4], None, lambda view: hidden.configure_evaluate(1, arrays, cfg, view),
                    train=False)

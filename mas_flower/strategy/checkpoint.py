@@ -3,7 +3,8 @@ what a resume may and may not change.
 
 A checkpoint (`checkpoint.pt` in the run folder) is a pickled dict: `format` (`CHECKPOINT_FORMAT`),
 `app_version` (the `mas_flower.__version__` that wrote it), `config` (the run's settings as a run
-config), `method`, `ledger`, `outcomes`, `progress` and `rng` (`MethodStrategy.checkpoint`).
+config), `method`, `ledger`, `outcomes`, `progress`, `rng` and `validation_sample` (the buildings that validate,
+`NodeRoster.validators`; absent from checkpoints written before it was kept) (`MethodStrategy.checkpoint`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Replies are checked per federation (`replies.py`), and each federation's accepte
 its own strategy's `aggregate_train`, so server-optimiser state is kept per network. What the strategy
 returns is checked too (`divergence.py`): a broken or diverged network stops the run with
 `DivergedError` before its round is checkpointed, and a validation loss that explodes is named.
+Validation goes to the run's fixed sample of `validation-nodes` buildings (`NodeRoster.validators`), the
+final test to every node; each validation loss is recorded with the number of nodes behind it.
 """
 
 from __future__ import annotations
@@ -142,7 +144,11 @@ class ParallelFederations(Strategy):
         self.record: dict[str, Any] = {}  # the history entry of the round in progress
         self._sent: dict[str, ArrayRecord] = {}
         self._sent_to: dict[str, list[int]] = {}
-        self._eval_nodes: list[int] = []
+        self._eval_nodes: list[int] = []  # the nodes the last evaluation was sent to
+        self._eval_buildings: list[str] = []  # their buildings
+        self._eval_of = 0  # how many nodes the federation had then
+        #: How the validation sample changed for the last evaluation ({"out": [...], "in": [...]}; {} if not).
+        self.sample_change: dict[str, list[str]] = {}
         self._sampled: list[int] = []
         self.failed_nodes: set[int] = set()  # sampled nodes whose training reply was missing or rejected
         self.rejected: dict[str, list[str]] = {}  # federation -> "<building>: <why>" of its rejected train replies
@@ -301,10 +307,26 @@ class ParallelFederations(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """One evaluate message per node (every node), carrying every federation; `config["split"]`
-        names the split (`val` by default, `test`)."""
-        nodes = self.roster.ordered()
-        self._eval_nodes = nodes
+        """One evaluate message per node that evaluates, carrying every federation; `config["split"]`
+        names the split (`val` by default, `test`). `val`: the nodes of the run's validation sample
+        (`validation-nodes`, `NodeRoster.validators`; every node when 0 or at least the federation's size);
+        any other split (the final `test`): every node."""
+        split = str(dict(config).get("split", "val"))
+        if split == "val":
+            first = self.roster.validation_sample is None
+            nodes, self.sample_change = self.roster.validators()
+            if first and len(nodes) < len(self.roster.nodes):
+                log(INFO, "validation: a fixed sample of %d of the %d nodes validates (validation-nodes=%d, drawn "
+                    "from seed %d): each validation loss is an estimate over them; the final test covers every node",
+                    len(nodes), len(self.roster.nodes), self.settings.validation_nodes, self.settings.seed)
+            if self.sample_change:
+                log(INFO, "validation sample (validation-nodes=%d): %s left it, %s drawn into it",
+                    self.settings.validation_nodes, ", ".join(self.sample_change["out"]) or "none",
+                    ", ".join(self.sample_change["in"]) or "none")
+        else:
+            nodes, self.sample_change = self.roster.ordered(), {}
+        self._eval_nodes, self._eval_of = nodes, len(self.roster.nodes)
+        self._eval_buildings = [self.roster.nodes[nid] for nid in nodes]
         shared = {**self.roster.data_config(), "split": "val", "batch-size": self.settings.eval_batch_size,
                   "precision": self.settings.precision, **dict(config)}
         contents = {nid: RecordDict({P.CONFIG: ConfigRecord(shared)}) for nid in nodes}
@@ -370,9 +392,12 @@ class ParallelFederations(Strategy):
     # Driving -------------------------------------------------------------------------------------
 
     def evaluate(self, grid: Grid, server_round: int, arrays: ArrayRecord, split: str) -> dict[str, dict[str, float]]:
-        """Every federation's per-task losses on `split` of every node (Flower's current view of them);
-        `covered` names the buildings each federation's losses come from, and `task_metrics` holds the
-        sums of its task metrics (cheap beside the forward passes)."""
+        """Every federation's per-task losses (federation -> task letter -> mean loss per example) on `split`
+        of the nodes that evaluate it (Flower's current view of them): the validation sample for `val`
+        (`configure_evaluate`), every node otherwise. `covered` names the buildings each federation's losses
+        come from, `validation_record` says how many, and `task_metrics` holds the sums of its task metrics
+        (cheap beside the forward passes). Raises RoundFailed when no node evaluated some federation,
+        DivergedError when every node's loss of one was non-finite."""
         membership.refresh(self.roster, grid, server_round, count=False)
         messages = self.configure_evaluate(server_round, arrays,
                                            ConfigRecord({"split": split, P.TASK_METRICS: True}), grid)
@@ -383,6 +408,20 @@ class ParallelFederations(Strategy):
         finally:
             membership.forget(self.roster, self.unavailable)
         return self.val_losses
+
+    def validation_record(self, federation: str) -> dict[str, Any]:
+        """What the history records beside a federation's validation loss, constant-size whatever N:
+        `val_nodes` (buildings whose replies the loss averages), `val_of` (the federation's nodes then),
+        `val_estimate` (True when `val_nodes < val_of`: a sample, by `validation-nodes` or by replies left
+        out) and, only when some were, `val_missing` (the buildings the validation was sent to whose reply
+        was left out: none in a healthy round, at most the nodes it was sent to)."""
+        covered = set(self.covered[federation])
+        missing = [b for b in self._eval_buildings if b not in covered]
+        out: dict[str, Any] = {"val_nodes": len(covered), "val_of": self._eval_of,
+                               "val_estimate": len(covered) < self._eval_of}
+        if missing:
+            out["val_missing"] = missing
+        return out
 
     def _constants(self, tasks: str) -> dict[str, list[float]]:
         """Evaluate config entries of the best constant of each task (none before discovery)."""
@@ -449,11 +488,13 @@ class ParallelFederations(Strategy):
                     {f"{n}{SEP}{P.loss_key(t)}": v for n, losses in self.val_losses.items() for t, v in losses.items()})
                 for name, entry in self.record["federations"].items():
                     entry["val_loss"] = self.val_losses[name]
-                    entry["val_buildings"] = self.covered[name]
+                    entry.update(self.validation_record(name))
                     if name in self.constant_losses:
                         entry["val_skill"] = skills(self.val_losses[name], self.constant_losses[name])
                     if name in self.task_metrics:
                         entry["val_metrics"] = self.task_metrics[name].compute()
+                if self.sample_change:
+                    self.record["val_sample_changed"] = self.sample_change
                 watch_validation(self.ledger.history, self.record, phase=self.stage.phase, server_round=server_round,
                                  strategies=self.strategies)
             if evaluate_fn is not None and (res := evaluate_fn(server_round, arrays)) is not None:
@@ -530,7 +571,7 @@ def _losses(metrics: Any, tasks: str) -> dict[str, float]:
 
 
 def _affinity(replies: list[Message], n: int) -> np.ndarray | None:
-    """Lookahead-count-weighted mean of the clients' affinity matrices (design.md §4):
+    """Lookahead-count-weighted mean of the clients' affinity matrices (docs/design.md, section "Lookahead affinity"):
     Z = Σ_c n_c Z_c / Σ_c n_c, with n_c the number of lookahead batches of client c."""
     total, count = np.zeros((n, n)), 0
     for m in replies:

@@ -62,6 +62,7 @@ class MethodStrategy(Strategy):
         self.outcomes: list[StageOutcome] = []
         self.progress: Progress | None = None
         if checkpoint is not None:
+            self.roster.validation_sample = checkpoint.get("validation_sample")  # the same buildings validate on
             self.method = checkpoint["method"]
             self.ledger, self.outcomes, self.progress = checkpoint["ledger"], checkpoint["outcomes"], \
                 checkpoint["progress"]
@@ -259,6 +260,7 @@ class MethodStrategy(Strategy):
         save_checkpoint(self.run_dir, {
             "config": self.settings.to_run_config(), "method": self.method, "ledger": self.ledger,
             "outcomes": self.outcomes, "progress": self.progress, "rng": self.roster.rng.bit_generator.state,
+            "validation_sample": self.roster.validation_sample,
         })
 
     def _log_round(self, driver: ParallelFederations, record: dict[str, Any]) -> None:
@@ -268,6 +270,19 @@ class MethodStrategy(Strategy):
         remaining = elapsed / max(self.rounds_this_session, 1) * max(left, 0)
         val = "  ".join(f"{name}: {sum(e['val_loss'].values()):.4f}" for name, e in record["federations"].items()
                         if "val_loss" in e) or "(not validated this round)"
+        val += validation_note(record)
         log(INFO, "[%s] round %d/%d  trained on %d of %d nodes (%s)  val loss %s  elapsed %.0fs  stage left ~%.0fs",
             stage.phase, record["round"], stage.schedule_total, len(record["sampled"]), len(self.roster.nodes),
             ",".join(record["sampled"]), val, elapsed, remaining)
+
+
+def validation_note(record: dict[str, Any]) -> str:
+    """What the round line adds after the validation losses when they are estimates: ' (validation on 100
+    of 1000 nodes: an estimate)' ('98-100 of' when the networks' counts differ); '' when every validated
+    network covered every node, or nothing was validated. Its length does not grow with the federation."""
+    entries = [e for e in record["federations"].values() if e.get("val_estimate")]
+    if not entries:
+        return ""
+    counts = sorted({e["val_nodes"] for e in entries})
+    shown = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f" (validation on {shown} of {entries[0]['val_of']} nodes: an estimate)"

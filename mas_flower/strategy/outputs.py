@@ -131,6 +131,8 @@ def write_outputs(strategy: MethodStrategy, run_dir: Path) -> Path:
         "details": method.details,
         **{k: method.details[k] for k in ("oracle_mas_rank", "oracle_score_spearman") if k in method.details},
         "nodes": sorted(runner.nodes.values()),
+        # The buildings that validated (validation-nodes; null: every node), as at the last validation.
+        "validation_sample": runner.roster.validation_sample,
         **strategy.coverage,
         "diverged": diverged_networks(ledger.history),  # networks whose validation loss exploded (> 3x its first)
         "history": ledger.history,

@@ -46,6 +46,12 @@ def stable_seed(*parts: object) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
+def validation_priority(seed: int, building: str) -> float:
+    """A building's place in the validation draw (`NodeRoster.validators`), uniform in [0, 1): the same
+    in every process and run for one seed and building, independent between buildings."""
+    return float(np.random.default_rng(stable_seed(seed, "validation", building)).random())
+
+
 @dataclass
 class Ledger:
     """What the run has measured so far, for results.json (checkpointed with everything else)."""
@@ -110,6 +116,9 @@ class NodeRoster:
         # The best constant prediction per task, from the training labels of the nodes found at
         # discovery (`mas_flower.constant`): sent with every evaluation, the floor of the skill.
         self.constants: dict[str, list[float]] = {}
+        #: The buildings that validate (`validation-nodes`), sorted; drawn at the first validation, kept for
+        #: the run (checkpointed), changed only to replace buildings that left or to grow towards the count.
+        self.validation_sample: list[str] | None = None
 
     def data_config(self) -> dict[str, Any]:
         s = self.settings
@@ -158,6 +167,33 @@ class NodeRoster:
                               f"are left ({left})" + (f"; lost: {lost}" if lost else ""))
         picks = self.rng.choice(len(ordered), size=self.settings.clients_per_round, replace=False)
         return [ordered[i] for i in sorted(picks)]
+
+    def validators(self) -> tuple[list[int], dict[str, list[str]]]:
+        """The node ids that validate now, in `ordered()` order, and how the sample changed.
+
+        `validation-nodes` = 0: every node, no sample kept. V >= 1: the nodes of `validation_sample`, a
+        set of min(V, nodes) buildings kept for the run: members whose building has no node any more (lost,
+        gone) are replaced, and a sample short of V (fewer nodes at its draw) grows as nodes join, by
+        `validation_priority` (seeded by `seed`), lowest first; a member is never displaced otherwise, so
+        the validation curve stays over the same buildings. Returns (ids, {"out": buildings that left the
+        sample, "in": buildings drawn into it}), the dict empty at the first draw and when nothing changed.
+        Costs O(V + N) per call (a sort of the candidates only when the sample changes)."""
+        ordered, count = self.ordered(), self.settings.validation_nodes
+        if count == 0:
+            return ordered, {}
+        served = set(self.nodes.values())
+        before = self.validation_sample
+        kept = [b for b in before or () if b in served]
+        drawn: list[str] = []
+        if len(kept) < min(count, len(served)):
+            candidates = sorted(served.difference(kept), key=lambda b: (validation_priority(self.settings.seed, b), b))
+            drawn = candidates[:min(count, len(served)) - len(kept)]
+        self.validation_sample = sorted([*kept, *drawn])
+        chosen = set(self.validation_sample)
+        change: dict[str, list[str]] = {}
+        if before is not None and (drawn or len(kept) < len(before)):
+            change = {"out": sorted(set(before) - chosen), "in": sorted(drawn)}
+        return [nid for nid in ordered if self.nodes[nid] in chosen], change
 
 
 class NodesView(Grid):

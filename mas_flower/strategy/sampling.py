@@ -89,7 +89,8 @@ def configured(strategy: Any, federation: str, nodes: list[int], grid: Grid,
             raise ValueError(train_message(federation, strategy, len(nodes), f"waited for more nodes ({err})")
                              ) from None
         raise ValueError(f"federation {federation!r}: its {strategy_name(strategy)} waited for more nodes ({err}), "
-                         f"but an evaluation gives it exactly the {len(nodes)} nodes of the federation: use "
+                         f"but an evaluation gives it exactly the {len(nodes)} nodes that evaluate (every node for the "
+                         f"test, the validation-nodes sample for validation): use "
                          f"fraction_evaluate=1.0 and min_evaluate_nodes, min_available_nodes <= {len(nodes)}") from None
     targets = sorted(m.metadata.dst_node_id for m in messages)
     if train and targets != sorted(nodes):
