@@ -1,10 +1,11 @@
 """How much the networks learn at a setting: FedAvg in one process (no Flower, no Ray), test skill per task.
 
-Chooses run lengths and sizes by measurement (issue 17): for each setting it trains the all-in-one
-network (and, with --singles, one network per task; with --pairs, every pair too) with the library's
-own `train_local` and example-weighted averaging (FedAvg's arithmetic, as the ServerApp does it), then
-prints per task the test loss, the best constant's loss (`mas_flower.constant`) and the skill, and with
---pairs the pair-gain matrix g[i, j] = (L_i alone − L_i with j) / L_i alone and its median |g|.
+Chooses run lengths and sizes by measurement (docs/benchmarks.md, section "Why the settings are what
+they are"): for each setting it trains the all-in-one network (and, with --singles, one network per
+task; with --pairs, every pair too) with the library's own `train_local` and example-weighted averaging
+(FedAvg's arithmetic, as the ServerApp does it), then prints per task the test loss, the best constant's
+loss (`mas_flower.constant`) and the skill, and with --pairs the pair-gain matrix g[i, j] = (L_i alone −
+L_i with j) / L_i alone and its median |g|.
 
     python benchmarks/bench_learning.py --rounds 20 --epochs 1 --lr 0.1 --views 48 --size 64 --singles
 

@@ -1,6 +1,6 @@
 """A round's cost against the federation's size: the same short runs at N = 10, 100, 1,000 buildings.
 
-Issue 21: only the number of simulated buildings changes (`mas-flower run --nodes N` with
+Only the number of simulated buildings changes (`mas-flower run --nodes N` with
 `synthetic-buildings=N`); the work a round asks of its clients does not (clients-per-round K fixed).
 For each N this generates the synthetic federation once under its own `MAS_FLOWER_HOME`
 (`<work>/n<N>`, timed: "data s", "reused" when already there), decodes every building into the

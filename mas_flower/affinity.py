@@ -1,4 +1,5 @@
-"""Lookahead inter-task affinity (design.md section 4), measured by clients during local training.
+"""Lookahead inter-task affinity, measured by clients during local training (docs/design.md, section
+"Lookahead affinity").
 
 For a batch X, encoder parameters θ_s, decoders θ_j, learning rate η and weight decay λ:
 
@@ -17,7 +18,8 @@ Conventions (the choices the formula leaves open):
   weights and the global RNG state, so measuring never changes the training trajectory.
 - L_j(θ_s) is taken from the real training step's forward pass (no extra forward) in strict
   float32 training. The lookahead is always float32: Z is a relative loss change of about η·|Z| ≈ 5e-5 per
-  step, the size of bf16 rounding in a mean loss, so bf16 losses turn it into noise (audit-2026-11);
+  step, the size of bf16 rounding in a mean loss, so bf16 losses turn it into noise (docs/design.md,
+  section "Where we differ from the reference code");
   bf16 gradients are not enough either (tiny network at 32 px, at initialisation: median |ΔZ| 27-77 %
   of median |Z|, 83-92 % of signs kept), and TF32 (cuDNN's default for float32 convolutions on
   recent GPUs) rounds within a factor of ten of it. Under bf16 training, or float32 with TF32 on a

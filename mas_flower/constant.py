@@ -42,7 +42,8 @@ GRID = 1e-3
 ABSENT_LOGIT = -30.0
 #: Record key prefix of a histogram (`LabelHistogram.to_record`).
 RECORD_PREFIX = "lhist"
-#: A network whose final test skill on a task is below this is warned about (issue 17).
+#: A network whose final test skill on a task is below this is warned about (docs/results.md, section
+#: "Did the networks learn?").
 LOW_SKILL = 0.1
 
 

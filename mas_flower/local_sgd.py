@@ -1,9 +1,10 @@
 """Local SGD through torch's functional `torch.optim.sgd.sgd`, without `torch.optim.SGD`'s start-up cost.
 
 Any `torch.optim.Optimizer` imports `torch._dynamo` the first time it is built (`add_param_group`,
-`zero_grad` and `step` are wrapped for `torch.compile`): about 1.8 s per process on our CI machine,
-more than a small network's whole local training. A deployed SuperNode runs every message in a fresh
-`flwr-clientapp` process (README, "Messages per round"), so every train message paid it.
+`zero_grad` and `step` are wrapped for `torch.compile`): about 1.8 s per process on our CI machine, more
+than a small network's whole local training. A deployed SuperNode runs every message in a fresh
+`flwr-clientapp` process (docs/deployment.md, section "Cost of a deployed round"), so every train
+message paid it.
 
 `LocalSGD` keeps the momentum buffers itself and calls the very function `torch.optim.SGD.step`
 calls, with the same arguments, so its updates are bit-identical to `torch.optim.SGD(params, lr,

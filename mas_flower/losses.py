@@ -1,4 +1,5 @@
-"""Per-task losses, chosen by `Task.loss` (design.md section 2), and the total loss (their sum).
+"""Per-task losses, chosen by `Task.loss`, and the total loss (their sum): docs/design.md, section
+"Taskonomy's encodings".
 
 Everything is computed in float32 whatever the prediction's dtype (bf16 autocast), as the reference
 does. A batch is a dict: the target of task `c` is `batch[c]` (long class ids (B, H, W) for

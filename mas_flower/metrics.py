@@ -1,4 +1,4 @@
-"""Task metrics beside the losses (issue 12, item 3), as mergeable sums, and Δm% against one-by-one.
+"""Task metrics beside the losses, as mergeable sums, and Δm% against one-by-one (docs/metrics.md).
 
 Every metric is accumulated as **sums and counts** over batches, never as a mean of batch means, so
 that clients can report their sums (a Flower `MetricRecord` holds numbers and lists of numbers) and
@@ -16,8 +16,8 @@ Metrics per task (all on the network's raw outputs, at the label resolution; no 
   (classes absent from both prediction and labels are left out, the usual nanmean convention);
   `pixel_acc` = Σ TP_c / Σ G_c. Both are fractions in [0, 1].
 - d (depth): `abs_rel` = mean |p − g| / g and `rmse_m` = sqrt(mean (p − g)²), in metres, over valid
-  pixels with g > 0. Targets and predictions are de-normalised with the inverse of design.md
-  section 2's decoding: target = (raw − 1500) / 1000 with raw in 1/512 m, so
+  pixels with g > 0. Targets and predictions are de-normalised with the inverse of the decoding in
+  docs/design.md, section "Taskonomy's encodings": target = (raw − 1500) / 1000 with raw in 1/512 m, so
   metres = (x · 1000 + 1500) / 512 (`depth_metres`). Predictions are not clamped.
 - n (surface normals): the angle in degrees between the predicted and the true vector (both
   normalised to unit length; the decoded target is in [−1, 1]³) over valid pixels whose true vector
@@ -55,7 +55,8 @@ Sums = dict[str, Tensor]
 
 
 def depth_metres(x: Tensor) -> Tensor:
-    """Decoded depth (design.md section 2: (raw − 1500) / 1000, raw in 1/512 m) back to metres."""
+    """Decoded depth ((raw − 1500) / 1000, raw in 1/512 m: docs/design.md, section "Taskonomy's encodings")
+    back to metres."""
     task = TASKS["d"]
     raw = (x.double() * task.std[0] + task.offset[0]) * task.scale  # the inverse of Task.decode
     return raw / DEPTH_UNITS_PER_METRE

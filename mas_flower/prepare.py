@@ -1,9 +1,9 @@
 """The data a run's settings point at, made ready before any node is contacted.
 
 `prepare_data(settings)` is the one call every ServerApp makes after `load_settings`: the project's
-(`server_app/app.py`) and a user's own (README, "Your own ServerApp"). With no `data-root` it
-generates the built-in synthetic federation once and returns settings that point at it, so a run
-out of the box needs no downloaded data.
+(`server_app/app.py`) and a user's own (docs/strategies.md, section "Your own ServerApp"). With no
+`data-root` it generates the built-in synthetic federation once and returns settings that point at it,
+so a run out of the box needs no downloaded data.
 """
 
 from __future__ import annotations

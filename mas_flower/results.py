@@ -1,4 +1,4 @@
-"""Run folders and results.json: where a run's outputs go and the keys users rely on (design.md §8).
+"""Run folders and results.json: where a run's outputs go and the keys users rely on (docs/results.md).
 
 Nothing that looks finished is written until the run is: results.json is written last and
 atomically, so a crashed run leaves a folder without it.

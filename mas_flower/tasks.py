@@ -1,7 +1,7 @@
 """The task table: the one place that knows how each Taskonomy task is stored, decoded and scored.
 
 The loader, the models, the losses and the synthetic generator all read this module; nothing else
-hard-codes a domain name, a bit depth or a normalisation constant (design.md section 2).
+hard-codes a domain name, a bit depth or a normalisation constant (docs/design.md, section "Taskonomy's encodings").
 """
 
 from __future__ import annotations

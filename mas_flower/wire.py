@@ -1,11 +1,11 @@
 """How a federation's network travels in a message: its arrays packed into one Array per dtype.
 
 Flower 1.42 moves every `Array` of a message as its own content-addressed object: each is pulled or
-pushed with its own RPC on every hop (SuperLink, SuperNode, ClientApp process), whatever its size.
-Our networks hold many small tensors (the tiny network 76-144, the Xception 466), so on a deployed
-round the per-object cost, not the bytes, dominated, and a split round, whose networks hold more
-tensors in all, cost up to 1.8x a merge round (README, "Messages per round"). Packed, a network is
-a few objects whatever its tensor count.
+pushed with its own RPC on every hop (SuperLink, SuperNode, ClientApp process), whatever its size. Our
+networks hold many small tensors (the tiny network 76-144, the Xception 466), so on a deployed round the
+per-object cost, not the bytes, dominated, and a split round, whose networks hold more tensors in all,
+cost up to 1.8x a merge round (docs/deployment.md, section "Cost of a deployed round"). Packed, a
+network is a few objects whatever its tensor count.
 
 `pack` concatenates the arrays of each dtype in sorted-key order and adds the layout's digest;
 `unpack` cuts them apart again by the layout of a reference record (the server: what it sent; the

@@ -33,7 +33,8 @@ def _batch(tasks: str = TASKS, n: int = 4, seed: int = 0) -> dict[str, torch.Ten
 
 
 def _direct_affinity(net, batch, lr: float, wd: float, loss_fn=task_losses) -> np.ndarray:
-    """Design §4 literally: copy the model, one SGD step of the encoder on L_i, measure every L_j."""
+    """docs/design.md, section "Lookahead affinity", literally: copy the model, one SGD step of the encoder on L_i,
+    measure every L_j."""
     tasks = net.tasks
     n = len(tasks)
     z = np.zeros((n, n))

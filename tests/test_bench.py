@@ -103,7 +103,7 @@ def test_shipped_suites_are_valid(name: str) -> None:
                 rc["model"]) == (32, 5, 5, 100, 70, 10, 5, 64, 0.1, 256, "xception")
         assert suite.data_root is not None and suite.gpus_per_node > 0
     else:
-        if name == "quick-sdnkt":  # the evidence suite (issue 17): settings chosen by skill, oracle ranks MAS-2
+        if name == "quick-sdnkt":  # the evidence suite (docs/benchmarks.md): settings chosen by skill
             assert labels == ["one-by-one", "fedavg", "hoa-2", "tag-2", "mas-2", "mas-3", "oracle-2"]
             assert suite.synthetic["views"] >= 96 and suite.run_config["local-epochs"] >= 3
         else:

@@ -1,4 +1,5 @@
-"""Configuration faults are named, key and value, before anything starts (issue 11, section 3)."""
+"""Configuration faults are named, key and value, before anything starts (docs/configuration.md,
+section "When things go wrong")."""
 
 from __future__ import annotations
 

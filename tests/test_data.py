@@ -1,4 +1,4 @@
-"""The Taskonomy loader on hand-made PNGs with known raw values (design.md section 2)."""
+"""The Taskonomy loader on hand-made PNGs with known raw values (docs/design.md, section "Taskonomy's encodings")."""
 
 from __future__ import annotations
 
@@ -382,7 +382,7 @@ def test_error_size_mismatch_names_label(tmp_path):
         open_building(root, "b", "k", 4)
 
 
-# ---- faults found in the field: corrupt files, bad class ids, too few points (issue 11) ---------------
+# ---- faults found in the field: corrupt files, bad class ids, too few points --------------------------
 
 def _flips(data: bytes, idat: tuple[int, int]) -> list[tuple[int, int]]:
     """(byte, bit) flips: one bit of every byte of the file, and every bit of the IDAT chunk's last 16
@@ -498,7 +498,7 @@ def test_too_few_points_surfaces_at_discovery(private_homes, tmp_path):
     assert not list((tmp_path / "out").glob("**/results.json"))
 
 
-# ---- Omnidata's layout: ROOT/<domain>/<component>/<building>/ (issue 11, section 7) ----------------------
+# ---- Omnidata's layout: ROOT/<domain>/<component>/<building>/ (docs/data.md, section "Real Taskonomy") ---
 
 def test_omnidata_layout_loads_exactly_like_taskonomy_layout(tmp_path):
     views = {"allensville": grid(3, 2), "beechwood": grid(4, 1)}

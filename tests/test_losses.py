@@ -1,4 +1,4 @@
-"""Task losses against direct hand computations on small tensors (design.md section 2)."""
+"""Task losses against direct hand computations on small tensors (docs/design.md, section "Taskonomy's encodings")."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def test_segmentation_miou_and_pixel_accuracy_ignore_class_0() -> None:
 
 
 def test_depth_in_metres_on_valid_pixels() -> None:
-    def encoded(metres: float) -> float:  # design.md section 2, by hand: raw = 512 m, target = (raw − 1500)/1000
+    def encoded(metres: float) -> float:  # by hand (docs/design.md): raw = 512 m, target = (raw − 1500)/1000
         return (512 * metres - 1500) / 1000
 
     target = torch.tensor([[[[encoded(2.0), encoded(4.0), encoded(9.0), encoded(0.0)]]]])

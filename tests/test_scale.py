@@ -1,4 +1,4 @@
-"""Issue 21, a federation of many buildings: parallel generation that writes the same bytes, a start-up
+"""A federation of many buildings: parallel generation that writes the same bytes, a start-up
 line whose length does not grow with N, and nodes that list the data root once, not per message."""
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ def test_oracle_rank_in_the_summary_and_the_bench_line(tmp_path: Path) -> None:
     assert "first round +7.0 s over the median round" in line
 
 
-# Issue 17: skill, split stability, the oracle's Spearman and per-partition Δm%, pair gains ------------
+# Skill, split stability, the oracle's Spearman and per-partition Δm%, pair gains ----------------------
 
 #: MAS's test skill per seed: seed 0 has d below LOW_SKILL (0.1)
 MAS_SKILL = {0: {"s": 0.6, "d": 0.05, "k": 0.3}, 1: {"s": 0.8, "d": 0.25, "k": 0.35}}

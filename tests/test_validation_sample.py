@@ -1,4 +1,4 @@
-"""Issue 21, validation on a sample (`validation-nodes`): a fixed seeded set of buildings validates each
+"""Validation on a sample (`validation-nodes`): a fixed seeded set of buildings validates each
 round, replaced only where a building left; the validation loss is recorded and logged as an estimate
 with the number of nodes behind it; the final test still covers every building."""
 

@@ -1,6 +1,7 @@
 """Taskonomy-layout data: the loader (`open_building`) and the dataset checker (`check.check_dataset`).
 
-Layout and encodings are those of design.md section 2; the per-task rules come from mas_flower.tasks.
+Layout and encodings are those of docs/design.md, section "Taskonomy's encodings"; the per-task rules
+come from mas_flower.tasks.
 """
 
 from mas_flower.data.cache import clear_memory_cache

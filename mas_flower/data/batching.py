@@ -42,8 +42,9 @@ class RawBatch:
 
 def decode_batch(raw: RawBatch, tasks: list[Task], with_mask: bool) -> dict[str, Tensor]:
     """Decode on `raw`'s device: "rgb" float (B,3,S,S) in [0,1]; per task letter its target
-    (tasks.py, design.md section 2); "mask" bool (B,1,S,S) when `with_mask`; flipped samples mirrored
-    with normal x negated. No host synchronisation (the flip is a select, not boolean indexing)."""
+    (tasks.py; docs/design.md, section "Taskonomy's encodings"); "mask" bool (B,1,S,S) when `with_mask`;
+    flipped samples mirrored with normal x negated. No host synchronisation (the flip is a select, not
+    boolean indexing)."""
     batch = {"rgb": raw.arrays[RGB_DOMAIN].float().div_(255.0)}
     for t in tasks:
         batch[t.letter] = t.decode(raw.arrays[t.domain])

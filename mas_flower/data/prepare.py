@@ -4,7 +4,7 @@ Stored per sample are raw values resized to the model's size, in the domain's ow
 raw values then decoding equals decoding then resizing because every decode in tasks.py is affine.
 Labels of masked tasks are resized with *normalised* weights (resize(x * valid) / resize(valid)), so
 invalid pixels (e.g. depth 65535) never bleed into the valid pixels next to them; the mask itself and
-class ids use nearest, everything else antialiased bilinear (design.md section 2).
+class ids use nearest, everything else antialiased bilinear (docs/design.md, section "Taskonomy's encodings").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Oracle: does MAS's split pay? (issue 12, item 6)
+"""Oracle: does MAS's split pay? (docs/results.md, section "The oracle")
 
 After the same merge stage as MAS (R0 rounds, affinity measured), the oracle continues **every**
 partition of the task set into exactly x groups, each group from the merged encoder and its own

@@ -44,12 +44,12 @@ def scale_grad(x: Tensor, scale: float) -> Tensor:
 class MultiTaskNet(nn.Module):
     """Shared encoder + one decoder per task letter; outputs a dict letter -> (B, C, H, W) at input size.
 
-    The gradient reaching the shared representation from the decoders is scaled by
-    1/sqrt(len(tasks)) (Standley et al.'s multi-task Xception; design.md section 3) so that the
-    encoder's step size does not grow with the number of tasks. The scale is applied in `decode`,
-    always with the number of tasks in *this network* (not the number of letters decoded), so
-    `decode(encode(x))` equals `forward(x)` in value and gradient, and the encoder gradients of
-    `decode(rep, letter)` for each letter separately sum to the gradient of the full network.
+    The gradient reaching the shared representation from the decoders is scaled by 1/sqrt(len(tasks))
+    (Standley et al.'s multi-task Xception; docs/design.md, section "The multi-task network") so that the
+    encoder's step size does not grow with the number of tasks. The scale is applied in `decode`, always
+    with the number of tasks in *this network* (not the number of letters decoded), so `decode(encode(x))`
+    equals `forward(x)` in value and gradient, and the encoder gradients of `decode(rep, letter)` for each
+    letter separately sum to the gradient of the full network.
     """
 
     def __init__(self, tasks: str, encoder: nn.Module, decoders: Mapping[str, nn.Module], *,

@@ -1,4 +1,5 @@
-"""Choosing task groups from inter-task affinities (MAS, TAG) or pair losses (HOA): design.md section 5.
+"""Choosing task groups from inter-task affinities (MAS, TAG) or pair losses (HOA): docs/design.md,
+section "Choosing the groups".
 
 Pure numpy. Groups are tuples of task indices in task order; `SplitResult.labels(tasks)` renders
 them as task strings ("sdn") or lists of names.

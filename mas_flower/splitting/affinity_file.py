@@ -1,4 +1,4 @@
-"""Reading an affinity file and answering `mas-flower split` (design.md section 8).
+"""Reading an affinity file and answering `mas-flower split` (docs/design.md, section "Interfaces users rely on").
 
 The file is `{"tasks": "sdnkt", "matrix": [[...]]}` with matrix[i][j] = Z[i -> j]; tasks are single
 characters in a string or a list of names. Every problem is reported naming the file and the key.

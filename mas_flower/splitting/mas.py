@@ -28,7 +28,8 @@ DP_MAX_COST = 2e9
 
 def mas_split(affinity: object, splits: int, *, time_limit: float = 10.0, seed: int = 0,
               dp_max_cost: float = DP_MAX_COST) -> SplitResult:
-    """Best partition of the tasks into exactly `splits` non-empty groups (design.md section 5).
+    """Best partition of the tasks into exactly `splits` non-empty groups (docs/design.md, section
+    "Choosing the groups").
 
     `affinity[i][j]` = Z[i -> j]. The score is the mean over tasks of each task's score. The answer is
     proven optimal except when the branch and bound hits `time_limit` seconds; then `optimal` is

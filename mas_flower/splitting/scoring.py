@@ -1,4 +1,4 @@
-"""Scores shared by the grouping methods (design.md section 5) and the common result type.
+"""Scores shared by the grouping methods (docs/design.md, section "Choosing the groups") and the common result type.
 
 A is the affinity matrix with A[i, j] = Z[i -> j] (task i's update helps task j); its diagonal is
 never used. Everything here is the *definition* the searches in `mas.py`, `tag.py` and `hoa.py`

@@ -1,8 +1,8 @@
 """How much to trust an averaged affinity: its standard error, and how stable MAS's split is under it.
 
-The server averages the clients' lookahead affinities (design.md section 4): in affinity round r,
-A_r = Σ_c n_c Z_c / Σ_c n_c over the clients c that measured (n_c lookahead batches, Z_c their mean
-matrix); then A = (1/R) Σ_r A_r over the R affinity rounds. Each client also reports S_c, the
+The server averages the clients' lookahead affinities (docs/design.md, section "Lookahead affinity"):
+in affinity round r, A_r = Σ_c n_c Z_c / Σ_c n_c over the clients c that measured (n_c lookahead
+batches, Z_c their mean matrix); then A = (1/R) Σ_r A_r over the R affinity rounds. Each client also reports S_c, the
 per-entry sum of squares of its batches' matrices, so the server knows the spread of the single
 lookahead batches without seeing any of them.
 

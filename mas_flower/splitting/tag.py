@@ -1,6 +1,6 @@
 """TAG network selection (Fifty et al., 2021): up to x overlapping groups of at least two tasks that
 together cover every task; each task is served by the group where it scores best, and the mean of
-those best scores is maximised (design.md section 5).
+those best scores is maximised (docs/design.md, section "Choosing the groups").
 
 Exact for n <= `EXACT_MAX_N` (18; `optimal` True): each task's best group splits the tasks into at
 most x blocks, so the answer is the best partition into 1..x blocks scored by each block's best

@@ -1,4 +1,7 @@
-"""Equal weighting: the total loss is the plain sum of the task losses (design.md section 2)."""
+"""Equal weighting: the total loss is the plain sum of the task losses.
+
+See docs/design.md, section "Taskonomy's encodings".
+"""
 
 from __future__ import annotations
 

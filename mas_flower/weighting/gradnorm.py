@@ -13,7 +13,7 @@ dimensions: a convolution or linear weight), or with `shared="rep"` the shared r
 (cheaper; then the trainer must pass `rep`).
 
 How this differs from the reference code (the MAS authors' released code, which the paper's
-"GradNorm" rows come from; see the fidelity audit, shared/audit-2026-11.md): there the weights
+"GradNorm" rows come from; docs/design.md, section "Where we differ from the reference code"): there the weights
 never change. Its update takes a `statistics.mean` over a list of tensors, which raises, and a bare
 `except: pass` around the update swallows the error, so every step trains on the unweighted sum of
 the losses (with the network's 1/√n gradient scale at the representation, and fp16 representation
