@@ -9,13 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mas_flower.defaults import app_defaults
 from mas_flower.settings import Settings, did_you_mean, home
 from mas_flower.tasks import parse_tasks
+
+if TYPE_CHECKING:
+    from mas_flower.methods.label import MethodLabel
 
 TOP_KEYS = {"description", "task_sets", "methods", "seeds", "data", "output", "run_config", "nodes",
             "cpus_per_node", "gpus_per_node"}
@@ -33,23 +36,8 @@ class SuiteError(ValueError):
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """A method as a suite names it: `fedavg`, `mas-3` (the app's method plus x for split methods),
-    `mas-3@fedadam` (over another `server-strategy` than the suite's)."""
-
-    method: str
-    splits: int | None
-    server_strategy: str | None = None
-
-    @property
-    def label(self) -> str:
-        base = self.method if self.splits is None else f"{self.method}-{self.splits}"
-        return base if self.server_strategy is None else f"{base}@{self.server_strategy}"
-
-
-@dataclass(frozen=True)
 class RunSpec:
-    method: MethodSpec
+    method: MethodLabel
     task_set: str
     seed: int
 
@@ -65,7 +53,7 @@ class RunSpec:
 class Suite:
     path: Path
     task_sets: list[str]
-    methods: list[MethodSpec]
+    methods: list[MethodLabel]
     seeds: list[int]
     output: Path
     data_root: Path | None = None
@@ -106,36 +94,6 @@ class Suite:
         if run.method.server_strategy is not None:
             config["server-strategy"] = run.method.server_strategy
         return config
-
-
-def parse_method(text: str, known: list[str]) -> MethodSpec:
-    """`mas-3` -> MethodSpec('mas', 3); `one-by-one` -> MethodSpec('one-by-one', None);
-    `mas-3@fedadam` -> MethodSpec('mas', 3, 'fedadam')."""
-    from mas_flower.strategy.aggregators import SERVER_STRATEGIES
-
-    text, at, server = text.partition("@")
-    if at and server not in SERVER_STRATEGIES:
-        raise ValueError(f"unknown server strategy {server!r} after '@'; known: {', '.join(SERVER_STRATEGIES)}")
-    spec = _parse_method(text, known)
-    return MethodSpec(spec.method, spec.splits, server or None)
-
-
-def _parse_method(text: str, known: list[str]) -> MethodSpec:
-    from mas_flower.methods import method_class, split_methods
-
-    if text in known:
-        if method_class(text).takes_splits:
-            raise ValueError(f"{text!r} needs a number of groups x: write e.g. '{text}-2'")
-        return MethodSpec(text, None)
-    base, _, x = text.rpartition("-")
-    if base in known and x.isdigit():
-        if not method_class(base).takes_splits:
-            raise ValueError(f"{base!r} takes no number of groups (only {', '.join(split_methods())} do): "
-                             f"write '{base}'")
-        if int(x) < 1:
-            raise ValueError(f"{text!r}: the number of groups must be at least 1")
-        return MethodSpec(base, int(x))
-    raise ValueError(f"unknown method {text!r}; known: {', '.join(known)} (split methods as e.g. 'mas-2')")
 
 
 def default_output(path: Path) -> Path:
@@ -183,7 +141,6 @@ class _Checker:
         self.problems.append(f"{key}: {message}")
 
     def suite(self, check_data: bool) -> Suite | None:
-        from mas_flower.methods import list_methods
 
         for key in sorted(set(self.raw) - TOP_KEYS):
             self.bad(key, f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
@@ -191,7 +148,7 @@ class _Checker:
             if key not in self.raw:
                 self.bad(key, "missing (required)")
         task_sets = self.task_sets()
-        methods = self.methods(list_methods(), task_sets)
+        methods = self.methods(task_sets)
         seeds = self.int_list("seeds")
         output = self.abs_path("output", self.raw.get("output"))
         data_root, synthetic = self.data()
@@ -214,11 +171,13 @@ class _Checker:
         self.no_duplicates("task_sets", values)
         return values
 
-    def methods(self, known: list[str], task_sets: list[str]) -> list[MethodSpec]:
+    def methods(self, task_sets: list[str]) -> list[MethodLabel]:
+        from mas_flower.methods.label import MethodLabel  # imports the methods, and so torch: only when needed
+
         specs = []
         for i, text in enumerate(self.list_of("methods", str)):
             try:
-                spec = parse_method(text, known)
+                spec = MethodLabel.parse(text)
             except ValueError as err:
                 self.bad(f"methods[{i}]", str(err))
                 continue
@@ -295,7 +254,7 @@ class _Checker:
                 out[key] = value
         return None, out if len(out) == len(SYNTHETIC_KEYS) else None
 
-    def run_config(self, methods: list[MethodSpec], task_sets: list[str]) -> dict[str, Any]:
+    def run_config(self, methods: list[MethodLabel], task_sets: list[str]) -> dict[str, Any]:
         config = self.raw.get("run_config", {}) or {}
         if not isinstance(config, dict):
             self.bad("run_config", f"must be a mapping of run-config keys, got {config!r}")

@@ -33,20 +33,21 @@ from typing import Any
 import numpy as np
 
 from mas_flower.constant import LOW_SKILL
-from mas_flower.methods import list_methods, method_class, parse_label
+from mas_flower.methods import list_methods, method_class
+from mas_flower.methods.label import MethodLabel
 from mas_flower.metrics import delta_m
 from mas_flower.results import RESULTS_FILE
 
 #: The method Δm% compares against.
 BASELINE = "one-by-one"
-#: Per-run numbers summarised when runs record them (issue 12: compute and communication; issue 17:
-#: the evidence behind a split), at the top of results.json or in its `details`, and the timing
+#: Per-run numbers summarised when runs record them (compute and communication, and the evidence
+#: behind a split), at the top of results.json or in its `details`, and the timing
 #: figures derived from them (`timing`).
 OPTIONAL_SCALARS = ("train_tflops", "affinity_tflops", "eval_tflops", "comm_mb_down", "comm_mb_up", "comm_mb",
                     "client_setup_seconds", "warmup_client_seconds", "steady_client_seconds", "compute_share",
                     "oracle_mas_rank", "split_stability", "oracle_score_spearman", "pair_gain_val_median_abs",
                     "pair_gain_test_median_abs")
-#: The `OPTIONAL_SCALARS` that weigh a split's evidence (issue 17), explained in summary.md.
+#: The `OPTIONAL_SCALARS` that weigh a split's evidence, explained in summary.md.
 EVIDENCE = ("split_stability", "oracle_score_spearman", "pair_gain_val_median_abs", "pair_gain_test_median_abs")
 
 
@@ -102,9 +103,10 @@ class Run:
         """How suites name the method: `mas-2` (x from the run config: TAG may choose fewer groups), and
         `mas-2@fedadam` over another server strategy than FedAvg."""
         method = self.results["method"]
-        label = method_class(method).label(self.results["config"]["splits"]) if method in list_methods() else method
+        takes_splits = method in list_methods() and method_class(method).takes_splits
         server = self.results.get("server_strategy", "fedavg")
-        return label if server == "fedavg" else f"{label}@{server}"
+        return MethodLabel(method, self.results["config"]["splits"] if takes_splits else None,
+                           None if server == "fedavg" else server).label
 
     @property
     def task_set(self) -> str:
@@ -175,8 +177,8 @@ def load_runs(paths: Iterable[Path]) -> list[Run]:
 
 def method_sort_key(label: str) -> tuple[int, int]:
     """The paper's row order (`Method.paper_order`), then x."""
-    base, x = parse_label(label.partition("@")[0])
-    return (method_class(base).paper_order if base in list_methods() else 1000, x or 0)
+    read = MethodLabel.read(label)
+    return (method_class(read.method).paper_order if read.method in list_methods() else 1000, read.splits or 0)
 
 
 def summarise(runs: list[Run], method_order: list[str] | None = None) -> list[Row]:
@@ -513,17 +515,16 @@ def _partition_lines(run: Run, base: dict[str, dict[str, float]] | None) -> list
 
 def display_name(label: str, markdown: bool = True) -> str:
     """`fedavg` -> `FedAvg*`, `mas-2` -> `MAS-2`, as the paper's tables write them (`*` escaped for markdown)."""
-    method, _, server = label.partition("@")
-    base, x = parse_label(method)
-    shown = method_class(base).display_name if base in list_methods() else base
-    name = shown + (f"-{x}" if x is not None else "")
+    read = MethodLabel.read(label)
+    shown = method_class(read.method).display_name if read.method in list_methods() else read.method
+    name = shown + (f"-{read.splits}" if read.splits is not None else "")
     name += ("\\*" if markdown else "*") if _all_in_one(label) else ""
-    return f"{name} over {server}" if server else name
+    return f"{name} over {read.server_strategy}" if read.server_strategy else name
 
 
 def _all_in_one(label: str) -> bool:
-    base, _ = parse_label(label.partition("@")[0])
-    return base in list_methods() and method_class(base).all_in_one
+    method = MethodLabel.read(label).method
+    return method in list_methods() and method_class(method).all_in_one
 
 
 def _stats(values: Iterable[float]) -> tuple[float, float]:

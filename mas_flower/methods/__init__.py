@@ -30,17 +30,9 @@ def split_methods() -> list[str]:
     return [n for n in METHODS.names() if METHODS.get(n).takes_splits]
 
 
-def parse_label(label: str) -> tuple[str, int | None]:
-    """`mas-2` -> ('mas', 2); `one-by-one` -> ('one-by-one', None); unknown bases come back whole."""
-    base, _, x = label.rpartition("-")
-    if base in METHODS.names() and METHODS.get(base).takes_splits and x.isdigit():
-        return base, int(x)
-    return label, None
-
-
 def build_method(settings: Settings) -> Method:
     return METHODS.get(settings.method)(settings)
 
 
 __all__ = ["FederationSpec", "Method", "Stage", "StageOutcome", "build_method", "list_methods", "method_class",
-           "parse_label", "split_methods"]
+           "split_methods"]

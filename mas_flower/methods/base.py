@@ -96,11 +96,6 @@ class Method(ABC):
             return [f"splits={settings.splits} must be between 1 and the {n} tasks of {settings.task_set!r}"]
         return []
 
-    @classmethod
-    def label(cls, splits: int | None) -> str:
-        """How suites and summaries name a run of it: `mas-2`, `fedavg`."""
-        return f"{cls.name}-{splits}" if cls.takes_splits else cls.name
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         #: Final groups (task strings) when the method chooses them, for results.json's `splits`.

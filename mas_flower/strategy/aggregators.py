@@ -47,6 +47,13 @@ MEASURED_SERVER_LR: dict[str, float] = {"fedadam": 0.01, "fedadagrad": 0.01}
 StrategyFactory = Callable[[], "Strategy"]
 
 
+def check_server_strategy(name: str, what: str = "server-strategy") -> None:
+    """ValueError unless `name` is a key of `SERVER_STRATEGIES` (the one check of a strategy's name);
+    `what` says where the name was written, for the message."""
+    if name not in SERVER_STRATEGIES:
+        raise ValueError(f"{what}={name!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+
+
 def _flower_class(name: str) -> type:
     import flwr.serverapp.strategy as flower
 
@@ -56,8 +63,7 @@ def _flower_class(name: str) -> type:
 def server_hyperparameters(settings: Settings) -> dict[str, Any]:
     """The keyword arguments that `server_strategy` gives Flower's class (recorded in results.json)."""
     name = settings.server_strategy
-    if name not in SERVER_STRATEGIES:
-        raise ValueError(f"server-strategy={name!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+    check_server_strategy(name)
     defaults = inspect.signature(_flower_class(name).__init__).parameters
     out: dict[str, Any] = {}
     for keyword, field in SERVER_STRATEGIES[name][1].items():
@@ -85,8 +91,7 @@ def strategy_factory(aggregator: str | StrategyFactory, settings: Settings) -> S
     run's hyperparameters) or a user's own callable (e.g. `lambda: FedAdam(eta=0.01)`)."""
     if callable(aggregator):
         return aggregator
-    if aggregator not in SERVER_STRATEGIES:
-        raise ValueError(f"server-strategy={aggregator!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+    check_server_strategy(aggregator)
     import dataclasses
 
     named = dataclasses.replace(settings, server_strategy=aggregator)
