@@ -22,7 +22,10 @@ per N and method:
   actor MB: the largest peak RSS of one Ray ClientApp actor.
 
     .venv/bin/python benchmarks/bench_scale.py [--nodes 10,100,1000] [--with-5000] [--methods fedavg,mas]
-        [--clients-per-round 10] [--work /tmp/mas-bench-scale]
+        [--clients-per-round 10] [--work /tmp/mas-bench-scale] [--run-config "validation-nodes=0"]
+
+`--run-config` adds `key=value` pairs to every run's config (after the ones above), e.g.
+`validation-nodes=0` to validate on every node as before validation was sampled (default: 100 nodes).
 
 Each run's log is `<work>/n<N>/<method>.log`. N = 1,000 takes minutes per run on 2 cores.
 """
@@ -139,10 +142,10 @@ def _pairs(config: str) -> dict[str, Any]:
     return out
 
 
-def run_once(home: Path, method: str, n: int, k: int) -> dict[str, Any]:
-    """One `mas-flower run` at N nodes; its figures (see the module doc)."""
+def run_once(home: Path, method: str, n: int, k: int, extra: str = "") -> dict[str, Any]:
+    """One `mas-flower run` at N nodes, `extra` run-config pairs added; its figures (see the module doc)."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=home))
-    config = f"{run_config(method, n, k)} output-dir='{out_dir}'"
+    config = f"{run_config(method, n, k)} {extra} output-dir='{out_dir}'"
     cmd = [sys.executable, "-m", "mas_flower.cli", "run", "--nodes", str(n), "--flwr-home",
            str(home / "flwr" / out_dir.name), "--", "--run-config", config]
     env = {**os.environ, "MAS_FLOWER_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
@@ -169,6 +172,8 @@ def main() -> None:
     parser.add_argument("--with-5000", action="store_true", help="also N = 5,000")
     parser.add_argument("--methods", default="fedavg,mas", help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--clients-per-round", type=int, default=10)
+    parser.add_argument("--run-config", default="", help="key=value pairs added to every run's config, e.g. "
+                        "validation-nodes=0")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mas-bench-scale",
                         help="one MAS_FLOWER_HOME per N below it (data kept and reused)")
     args = parser.parse_args()
@@ -187,13 +192,13 @@ def main() -> None:
         generated, decoded = prepare(home, n, args.clients_per_round)
         data = "reused" if generated is None else f"{generated:.1f}"
         for method in methods:
-            r = run_once(home, method, n, args.clients_per_round)
+            r = run_once(home, method, n, args.clients_per_round, args.run_config)
             rows.append(f"{n:>6} {method:7} {data:>7} {decoded:8.1f} {r['wall']:7.1f} {r['launcher']:8.1f} "
                         f"{r['round1']:6.2f} {r['per_round']:7.2f} {r['train']:7.2f} {r['mb']:8.1f} "
                         f"{r['server_mb']:9.0f} {r['tree_mb']:8.0f} {r['actor_mb']:8.0f}")
             print(rows[-1], flush=True)
     print(f"\nK = {args.clients_per_round} clients per round, task set sd, 8 views of 32 px per building; "
-          f"{psutil.cpu_count()} CPUs")
+          f"{psutil.cpu_count()} CPUs" + (f"; also {args.run_config}" if args.run_config else ""))
     print(header)
     print("\n".join(rows))
 
