@@ -42,8 +42,9 @@ each with why it cannot change the run's results (losses, groups, histories, kWh
 waiting, give up sooner or later on failures, or price energy (each session's energy part keeps the
 intensity it was priced at). Every other key decides what is computed (the method, data, sampling,
 rounds, precision, `min-replies` and `lost-after` decide which replies and nodes count, `eval-every`
-which rounds are validated) or where it is written (`output-dir`, `run-name`: a resumed run stays in
-its folder), so a resume refuses a value of it that differs from the checkpoint's.
+which rounds are validated, `validation-nodes` on which nodes) or where it is written (`output-dir`,
+`run-name`: a resumed run stays in its folder), so a resume refuses a value of it that differs from the
+checkpoint's.
 """
 
 
