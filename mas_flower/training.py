@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -202,21 +202,105 @@ def make_weighting(cfg: TrainConfig, tasks: str) -> Weighting:
     return get_weighting(cfg.weighting, tasks, **options)
 
 
+class _Lookahead:
+    """The affinity measurement of one local training: which batches measure, by which of the two paths,
+    and what it costs (seconds and samples, timed apart from training).
+
+    Path 1, the step's own graph (strict float32 steps): the per-task encoder gradients come from the
+    training step's forward pass (`gradients`) and the lookahead runs after its backward, before the
+    optimiser step (`after_backward`). Path 2 (a bf16 or TF32 step): the batch is measured by its own
+    float32 passes before the step (`separately`). Either way weights, gradients, buffers and RNG are
+    left exactly as they were (`mas_flower.affinity`).
+    """
+
+    def __init__(self, net: nn.Module, cfg: TrainConfig, loss_fn: LossFn, shared_graph: bool) -> None:
+        self.net, self.cfg, self.loss_fn, self.shared_graph = net, cfg, loss_fn, shared_graph
+        self.encoder = encoder_params(net)
+        self.accumulator = AffinityAccumulator(net.tasks)
+        self.seconds = 0.0
+        self.samples = 0
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.seconds += time.perf_counter() - t0
+
+    def separately(self, batch: dict[str, Tensor], step: int, epoch: int) -> bool:
+        """Measure `batch` now by its own passes if it is a lookahead batch of path 2; return whether it
+        is a lookahead batch of path 1 (to be measured inside the coming training step)."""
+        cfg = self.cfg
+        if not is_lookahead_batch(step, epoch, cfg.affinity_every, cfg.affinity_first_epoch_only):
+            return False
+        if self.shared_graph:
+            return True
+        with self._timed():
+            self.accumulator.add(batch_affinity(self.net, batch, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                mode=cfg.affinity_mode, loss_fn=self.loss_fn))
+        self.samples += batch["rgb"].shape[0]
+        return False
+
+    def gradients(self, rep: Tensor, losses: dict[str, Tensor]) -> dict[str, list[Tensor]]:
+        """Path 1, before the step's backward: each task's encoder gradient from the step's graph."""
+        with self._timed():
+            return task_encoder_gradients(rep, losses, self.net.tasks, self.encoder)
+
+    def after_backward(self, batch: dict[str, Tensor], losses: dict[str, Tensor],
+                       grads: dict[str, list[Tensor]]) -> None:
+        """Path 1, after the step's backward and before its optimiser step."""
+        cfg = self.cfg
+        with self._timed():
+            self.accumulator.add(lookahead_from_gradients(
+                self.net, batch, {c: v.detach() for c, v in losses.items()}, grads, lr=cfg.lr,
+                weight_decay=cfg.weight_decay, mode=cfg.affinity_mode, loss_fn=self.loss_fn))
+        self.samples += batch["rgb"].shape[0]
+
+    def result(self) -> dict[str, Any]:
+        """The `TrainResult` fields of the measurement."""
+        acc = self.accumulator
+        return {"affinity": acc.mean(), "affinity_count": acc.count, "affinity_seconds": self.seconds,
+                "affinity_squares": acc.squares.copy() if acc.count else None, "affinity_samples": self.samples}
+
+
+class _LossTally:
+    """Example-weighted running sums of per-task losses, kept on the device (float64) so that nothing
+    waits for it until `means()`."""
+
+    def __init__(self, tasks: str, device: torch.device) -> None:
+        self.tasks = tasks
+        self.sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+        self.seen = 0
+
+    def add(self, losses: dict[str, Tensor], size: int) -> None:
+        self.sums += torch.stack([losses[c].detach().double() for c in self.tasks]) * size
+        self.seen += size
+
+    def means(self) -> dict[str, float]:
+        """Task -> mean loss per example (0 for no example); waits for the device."""
+        return dict(zip(self.tasks, (self.sums / max(self.seen, 1)).tolist(), strict=True))
+
+
+def _set_up(data: SplitData, device: torch.device | str, loss_fn: LossFn | None, precision: str,
+            empty: str) -> tuple[torch.device, LossFn, str]:
+    """What training and evaluation both start with: a non-empty split (else ValueError(`empty`)), the
+    device, the loss function and the resolved precision."""
+    if len(data) == 0:
+        raise ValueError(empty)
+    device = torch.device(device)
+    return device, _loss_fn(loss_fn), resolve_precision(precision, device)
+
+
 def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch.device | str = "cpu", *,
                 weighting: Weighting | None = None, loss_fn: LossFn | None = None) -> TrainResult:
     """Train `net` in place for `cfg.epochs` epochs on `data`; the network ends on the device it came on.
 
     `weighting` may carry state across calls (e.g. GradNorm's weights); by default a fresh
-    `cfg.weighting` is made. Lookahead batches compute the per-task encoder gradients from the
-    training step's own forward pass and run after its backward, before the optimiser step
-    (`mas_flower.affinity`), leaving weights, gradients, buffers and RNG exactly as they were.
+    `cfg.weighting` is made. Lookahead batches measure the inter-task affinity (`_Lookahead`).
+    Raises ValueError for an invalid `cfg` or an empty split.
     """
     cfg.validate()
-    num_examples = len(data)
-    if num_examples == 0:
-        raise ValueError("train_local: the training split is empty")
-    device = torch.device(device)
-    loss_fn = _loss_fn(loss_fn)
+    device, loss_fn, precision = _set_up(data, device, loss_fn, cfg.precision,
+                                         "train_local: the training split is empty")
     tasks: str = net.tasks
     if weighting is None:
         weighting = make_weighting(cfg, tasks)
@@ -224,19 +308,14 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
     origin, was_training = _prepare(net, device)
     net.train()
     params = [p for p in net.parameters() if p.requires_grad]
-    enc = encoder_params(net)
     optimizer = LocalSGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     anchor = [p.detach().clone() for p in params] if cfg.prox_mu > 0 else None
     generator = torch.Generator().manual_seed(cfg.seed)
-    precision = resolve_precision(cfg.precision, device)
     # The lookahead is strict float32 (mas_flower.affinity): it shares the training step's graph
     # only when that step is strict float32 too (not bf16, not TF32 convolutions on a GPU).
-    shared_graph = precision == "fp32" and not tf32_allowed(device)
-    accumulator = AffinityAccumulator(tasks)
-    loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
-    seen = steps = 0
-    affinity_seconds = 0.0
-    affinity_samples = 0
+    lookahead = _Lookahead(net, cfg, loss_fn, shared_graph=precision == "fp32" and not tf32_allowed(device))
+    tally = _LossTally(tasks, device)
+    steps = 0
     # One-time costs (moving the network, the first autocast or CUDA context) are not training:
     # timed apart from it. (torch.optim's first optimiser in a process would add ~1.8 s here.)
     start = time.perf_counter()
@@ -245,49 +324,27 @@ def train_local(net: nn.Module, data: SplitData, cfg: TrainConfig, device: torch
         for epoch in range(cfg.epochs):
             for batch in data.device_batches(device, cfg.batch_size, shuffle=True, augment=cfg.augment,
                                              generator=generator, drop_last=False):
-                measure = is_lookahead_batch(steps, epoch, cfg.affinity_every, cfg.affinity_first_epoch_only)
-                if measure and not shared_graph:  # its own float32 passes, before the bf16 step
-                    t0 = time.perf_counter()
-                    accumulator.add(batch_affinity(net, batch, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                   mode=cfg.affinity_mode, loss_fn=loss_fn))
-                    affinity_seconds += time.perf_counter() - t0
-                    affinity_samples += batch["rgb"].shape[0]
-                    measure = False
+                in_step = lookahead.separately(batch, steps, epoch)
                 with _autocast(device, precision):
                     rep = net.encode(batch["rgb"])
                     losses = loss_fn(net.decode(rep), batch, tasks)
-                if measure:
-                    t0 = time.perf_counter()
-                    grads = task_encoder_gradients(rep, losses, tasks, enc)
-                    affinity_seconds += time.perf_counter() - t0
+                grads = lookahead.gradients(rep, losses) if in_step else None
                 optimizer.zero_grad()
                 weighting.backward(losses, net, rep=rep)
                 if anchor is not None:
                     _add_prox_gradient(params, anchor, cfg.prox_mu)
-                if measure:
-                    t0 = time.perf_counter()
-                    accumulator.add(lookahead_from_gradients(
-                        net, batch, {c: v.detach() for c, v in losses.items()}, grads, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, mode=cfg.affinity_mode, loss_fn=loss_fn))
+                if grads is not None:
+                    lookahead.after_backward(batch, losses, grads)
                     del grads
-                    affinity_seconds += time.perf_counter() - t0
-                    affinity_samples += batch["rgb"].shape[0]
                 optimizer.step()
                 weighting.step()
-                size = batch["rgb"].shape[0]
-                loss_sums += torch.stack([losses[c].detach().double() for c in tasks]) * size
-                seen += size
+                tally.add(losses, batch["rgb"].shape[0])
                 steps += 1
-    mean_losses = dict(zip(tasks, (loss_sums / max(seen, 1)).tolist(), strict=True))  # waits for the device
+    mean_losses = tally.means()  # waits for the device
     seconds = time.perf_counter() - start
     _restore(net, origin, was_training)
-    return TrainResult(
-        losses=mean_losses, num_examples=num_examples, seconds=seconds, setup_seconds=setup_seconds,
-        affinity=accumulator.mean(), affinity_count=accumulator.count, affinity_seconds=affinity_seconds,
-        affinity_squares=accumulator.squares.copy() if accumulator.count else None,
-        affinity_samples=affinity_samples,
-        steps=steps, task_weights=weighting.weights, precision=precision,
-    )
+    return TrainResult(losses=mean_losses, num_examples=len(data), seconds=seconds, setup_seconds=setup_seconds,
+                       steps=steps, task_weights=weighting.weights, precision=precision, **lookahead.result())
 
 
 def _add_prox_gradient(params: list[Tensor], anchor: list[Tensor], mu: float) -> None:
@@ -308,27 +365,19 @@ def evaluate(net: nn.Module, data: SplitData, batch_size: int = 64, device: torc
     `precision` as in `TrainConfig` (losses are float32 either way). `metrics`, when given, is
     updated with every batch's task metrics (`mas_flower.metrics`: mIoU, depth error, ...).
     """
-    n = len(data)
-    if n == 0:
-        raise ValueError("evaluate: the split is empty")
-    device = torch.device(device)
-    loss_fn = _loss_fn(loss_fn)
+    device, loss_fn, precision = _set_up(data, device, loss_fn, precision, "evaluate: the split is empty")
     tasks: str = net.tasks
     origin, was_training = _prepare(net, device)
     net.eval()
-    precision = resolve_precision(precision, device)
-    sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
-    seen = 0
+    tally = _LossTally(tasks, device)
     for batch in data.device_batches(device, batch_size, shuffle=False, augment=False):
         with _autocast(device, precision):
             outputs = net(batch["rgb"])
             losses = loss_fn(outputs, batch, tasks)
         if metrics is not None:
             metrics.update(outputs, batch)
-        size = batch["rgb"].shape[0]
-        sums += torch.stack([losses[c].double() for c in tasks]) * size
-        seen += size
+        tally.add(losses, batch["rgb"].shape[0])
     _restore(net, origin, was_training)
-    if seen != n:
-        raise ValueError(f"evaluate: the split has {n} samples but its batches gave {seen}")
-    return dict(zip(tasks, (sums / seen).tolist(), strict=True)), seen
+    if tally.seen != len(data):
+        raise ValueError(f"evaluate: the split has {len(data)} samples but its batches gave {tally.seen}")
+    return tally.means(), tally.seen
