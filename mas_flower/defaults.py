@@ -101,7 +101,8 @@ RUN_CONFIG_HELP: dict[str, str] = {
     "precision": "auto (bf16 autocast on CUDA that supports it, else float32), fp32 or bf16",
     "server-strategy": "Flower strategy aggregating every network: fedavg, fedprox, fedadam, fedyogi, fedadagrad, "
                        "fedavgm, fedmedian, fedtrimmedavg",
-    "server-lr": "server learning rate of fedadam/fedyogi/fedadagrad/fedavgm (0: that strategy's Flower default)",
+    "server-lr": "server learning rate of fedadam/fedyogi/fedadagrad/fedavgm (0: 0.01 for fedadam and fedadagrad, "
+                 "as measured; else that strategy's Flower default)",
     "server-momentum": "FedAvgM's server momentum",
     "beta-1": "first-moment decay of fedadam/fedyogi",
     "beta-2": "second-moment decay of fedadam/fedyogi",

@@ -168,11 +168,13 @@ class Settings:
             raise ValueError("invalid run config: " + "; ".join(problems))
 
     def _server_problems(self) -> list[str]:
-        from mas_flower.strategy.aggregators import SERVER_STRATEGIES
+        from mas_flower.strategy.aggregators import check_server_strategy
 
         problems = []
-        if self.server_strategy not in SERVER_STRATEGIES:
-            problems.append(f"server-strategy={self.server_strategy!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+        try:
+            check_server_strategy(self.server_strategy)
+        except ValueError as err:
+            problems.append(str(err))
         if self.server_lr < 0 or self.server_momentum < 0 or self.tau <= 0:
             problems.append("server-lr and server-momentum must be non-negative, tau positive")
         for key in ("server_momentum", "beta_1", "beta_2"):

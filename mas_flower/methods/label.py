@@ -36,7 +36,7 @@ class MethodLabel:
 
         body, at, server = text.partition("@")
         if at:
-            check_server_strategy(server, f"{text!r}: the server strategy after '@'")
+            check_server_strategy(server, f" (after '@' in {text!r})")
         known = METHODS.names()
         if body in known:
             if METHODS.get(body).takes_splits:

@@ -47,11 +47,11 @@ MEASURED_SERVER_LR: dict[str, float] = {"fedadam": 0.01, "fedadagrad": 0.01}
 StrategyFactory = Callable[[], "Strategy"]
 
 
-def check_server_strategy(name: str, what: str = "server-strategy") -> None:
+def check_server_strategy(name: str, where: str = "") -> None:
     """ValueError unless `name` is a key of `SERVER_STRATEGIES` (the one check of a strategy's name);
-    `what` says where the name was written, for the message."""
+    `where` (e.g. " (after '@' in 'mas-2@krum')") says where the name was written, for the message."""
     if name not in SERVER_STRATEGIES:
-        raise ValueError(f"{what}={name!r} is not one of {', '.join(SERVER_STRATEGIES)}")
+        raise ValueError(f"server-strategy={name!r}{where} is not one of {', '.join(SERVER_STRATEGIES)}")
 
 
 def _flower_class(name: str) -> type:
