@@ -15,9 +15,8 @@ from pathlib import Path
 from flwr.app import Context
 
 from mas_flower.data import BuildingData, open_building
-from mas_flower.data.layout import scan_root
+from mas_flower.data.layout import scan_root_cached
 from mas_flower.settings import home
-from mas_flower.tasks import RGB_DOMAIN
 
 
 def data_root(config: dict, context: Context) -> Path:
@@ -25,35 +24,10 @@ def data_root(config: dict, context: Context) -> Path:
     return Path(str(root))
 
 
-#: Data root -> (stamp of its rgb folders when listed, Omnidata component folders, building names).
-_LISTED: dict[str, tuple[tuple, tuple[str, ...], tuple[str, ...]]] = {}
-
-
-def _stamp(rgb: Path, components: tuple[str, ...]) -> tuple:
-    """What changes when a building folder is added, removed or renamed: the modification time, inode
-    and link count of `rgb` and of each component folder below it (the Omnidata layout)."""
-    out = []
-    for folder in (rgb, *(rgb / c for c in components)):
-        try:
-            st = folder.stat()
-            out.append((st.st_mtime_ns, st.st_ino, st.st_nlink))
-        except OSError:
-            out.append(None)
-    return tuple(out)
-
-
 def root_buildings(root: Path) -> tuple[str, ...]:
     """`list_buildings(root)` (sorted names), listed again only when a folder holding building folders
-    changed (`_stamp`); DataError as `list_buildings` for a root that is not a dataset."""
-    key, rgb = str(root), Path(root) / RGB_DOMAIN
-    seen = _LISTED.get(key)
-    if seen is not None and _stamp(rgb, seen[1]) == seen[0]:
-        return seen[2]
-    before = _stamp(rgb, ())  # taken before listing: a change during the listing is seen next time
-    layout = scan_root(Path(root))
-    names = tuple(layout.buildings)
-    _LISTED[key] = (before + _stamp(rgb, layout.components)[1:], layout.components, names)
-    return names
+    changed (`mas_flower.data.layout.scan_root_cached`); DataError for a root that is not a dataset."""
+    return tuple(scan_root_cached(Path(root)).buildings)
 
 
 def node_building(config: dict, context: Context) -> str:

@@ -17,11 +17,13 @@ from flwr.app import Context, RecordDict
 
 from client_app import node as node_mod
 from mas_flower.data import DataError
+from mas_flower.data import layout as layout_mod
+from mas_flower.data.prepare import index_building
 from mas_flower.strategy.run import NAMED_BUILDINGS, federation_line
 from mas_flower.synthetic import generate_dataset
 from mas_flower.synthetic import writer as writer_mod
 from mas_flower.synthetic.names import building_names
-from mas_flower.tasks import RGB_DOMAIN
+from mas_flower.tasks import RGB_DOMAIN, parse_tasks
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -116,8 +118,8 @@ def test_buildings_listed_once_and_again_after_a_change(tmp_path: Path) -> None:
     names = building_names(2)
     config = {"data-root": str(root)}
     assert [node_mod.node_building(config, _context(p)) for p in (1, 0)] == [sorted(names)[1], sorted(names)[0]]
-    first = node_mod.root_buildings(root)
-    assert node_mod.root_buildings(root) is first  # the cached tuple: no listing
+    first = layout_mod.scan_root_cached(root)
+    assert layout_mod.scan_root_cached(root) is first  # the cached layout: no listing
     rgb = root / RGB_DOMAIN
     _add_building(rgb, rgb / names[0], "aaa-new")  # sorts first: partition ids shift
     assert node_mod.root_buildings(root) == ("aaa-new", *sorted(names))
@@ -143,7 +145,24 @@ def test_omnidata_components_are_watched_too(tmp_path: Path) -> None:
 def test_a_root_without_rgb_is_refused_and_not_cached(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no rgb/ folder"):
         node_mod.root_buildings(tmp_path)
-    assert str(tmp_path) not in node_mod._LISTED
+    assert str(tmp_path) not in layout_mod._SCANNED
+
+
+def test_opening_every_building_scans_the_root_once(tmp_path: Path, monkeypatch) -> None:
+    """Discovery opens one building per node; each open must not look into every building folder again
+    (N x N listings). Counted on the real scan: 6 buildings indexed, the root's folders looked into once."""
+    root = tmp_path / "synthetic"
+    generate_dataset(root, buildings=6, views=1, size=16, seed=0)
+    looked = []
+    real = layout_mod._holds_view_files
+    monkeypatch.setattr(layout_mod, "_holds_view_files", lambda folder: looked.append(folder) or real(folder))
+    indexes = [index_building(root, b, parse_tasks("sd")) for b in building_names(6)]
+    assert sorted(i.building for i in indexes) == sorted(building_names(6))
+    assert len(looked) == 6  # one scan of 6 building folders, not 6 x 6
+    _add_building(root / RGB_DOMAIN, root / RGB_DOMAIN / building_names(6)[0], "zz-late")
+    with pytest.raises(DataError, match="zz-late"):  # found at once (a rescan), and refused for its missing depth
+        index_building(root, "zz-late", parse_tasks("sd"))
+    assert len(looked) == 13
 
 
 # End to end: twelve nodes in Flower's simulation ----------------------------------------------------

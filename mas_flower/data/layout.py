@@ -182,6 +182,38 @@ def scan_root(root: Path) -> Layout:
     return Layout(root, components, layout.buildings_in(RGB_DOMAIN))
 
 
+#: Data root -> (stamp of its rgb folders when scanned, the Layout found): `scan_root_cached`.
+_SCANNED: dict[str, tuple[tuple, Layout]] = {}
+
+
+def _stamp(rgb: Path, components: tuple[str, ...]) -> tuple:
+    """What changes when a building folder is added, removed or renamed: the modification time, inode
+    and link count of `rgb` and of each component folder below it (the Omnidata layout)."""
+    out = []
+    for folder in (rgb, *(rgb / c for c in components)):
+        try:
+            st = folder.stat()
+            out.append((st.st_mtime_ns, st.st_ino, st.st_nlink))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def scan_root_cached(root: Path) -> Layout:
+    """`scan_root(root)`, scanned again in this process only when a folder holding building folders
+    changed (`_stamp`). Scanning looks into every building folder (N listings for N buildings), and a
+    process that serves many nodes (simulation) opens one building per node: uncached, discovery of
+    N nodes cost N x N listings (about 45 s at N = 1,000). Raises DataError as `scan_root`."""
+    key, rgb = str(root), Path(root) / RGB_DOMAIN
+    seen = _SCANNED.get(key)
+    if seen is not None and _stamp(rgb, seen[1].components) == seen[0]:
+        return seen[1]
+    before = _stamp(rgb, ())  # taken before scanning: a change during the scan is seen next time
+    layout = scan_root(Path(root))
+    _SCANNED[key] = (before + _stamp(rgb, layout.components)[1:], layout)
+    return layout
+
+
 def list_buildings(root: Path) -> list[str]:
     """Building names, discovered from `ROOT/rgb/` (see the module doc for naming), sorted."""
     return list(scan_root(Path(root)).buildings)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from mas_flower.data.cache import ArrayStore, fingerprint
-from mas_flower.data.layout import DOMAIN_SPECS, DataError, ViewKey, list_views, scan_root
+from mas_flower.data.layout import DOMAIN_SPECS, DataError, ViewKey, list_views, scan_root_cached
 from mas_flower.data.reading import check_header, read_png, valid_pixels
 from mas_flower.tasks import MASK_DOMAIN, MASK_SOURCE_DOMAIN, RGB_DOMAIN, Task, needs_mask
 
@@ -69,7 +69,7 @@ class BuildingIndex:
 
 def index_building(root: Path, building: str, tasks: list[Task]) -> BuildingIndex:
     """List the views and the label files the tasks need; every missing folder or file is an error."""
-    layout = scan_root(Path(root))
+    layout = scan_root_cached(Path(root))  # one scan per process and root, not one per building opened
     rgb_dir = layout.rgb_dir(building)  # DataError naming the known buildings if unknown
     rgb_files = list_views(rgb_dir, RGB_DOMAIN).files
     keys = list(rgb_files)
