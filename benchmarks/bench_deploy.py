@@ -112,7 +112,7 @@ class ClientAppWatch:
 
 
 def deployed_rounds(root: Path, work: Path, args: argparse.Namespace) -> None:
-    from mas_flower.deploy import run_deployment
+    from mas_flower.tools.deploy import run_deployment
 
     rounds = args.merge_rounds + args.split_rounds
     ratios = []

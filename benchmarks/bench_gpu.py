@@ -205,13 +205,13 @@ class _PeakGpuMemory:
 
 
 def bench_flwr(data_root: Path, work: Path, rows: list, timeout: float) -> None:
-    # `mas_flower.launch` (= `mas-flower run`) starts and stops a SuperLink of its own, on free ports.
+    # `mas_flower.tools.launch` (= `mas-flower run`) starts and stops a SuperLink of its own, on free ports.
     env = {**os.environ, "MAS_FLOWER_HOME": str(work / "mas"), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     config = (f"method='mas' task-set='sdnkt' splits=2 num-rounds=2 merge-rounds=1 affinity-rounds=1 "
               f"clients-per-round=4 local-epochs=1 batch-size={SETUP['batch']} model='{SETUP['model']}' "
               f"image-size={SETUP['size']} "
               f"data-root='{data_root}' output-dir='{work / 'out'}'")
-    cmd = [sys.executable, "-m", "mas_flower.launch", "--nodes", "4", "--cpus-per-node", "2",
+    cmd = [sys.executable, "-m", "mas_flower", "run", "--nodes", "4", "--cpus-per-node", "2",
            "--gpus-per-node", "0.25", "--", "--run-config", config]
     t = time.perf_counter()
     with _PeakGpuMemory() as peak:

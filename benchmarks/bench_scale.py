@@ -6,7 +6,7 @@ For each N this generates the synthetic federation once under its own `MAS_FLOWE
 (`<work>/n<N>`, timed: "data s", "reused" when already there), decodes every building into the
 clients' cache (timed: "decode s"; with a warm cache only the opening), so that no run pays it and the
 runs compare, then runs, through the real launcher
-(`python -m mas_flower.cli run`, Flower's simulation engine), FedAvg (2 rounds) and MAS-2 (4 rounds,
+(`python -m mas_flower run`, Flower's simulation engine), FedAvg (2 rounds) and MAS-2 (4 rounds,
 2 merged; --methods) on task set `sd`, 8 views of 32 px per building, K = 10 per round, and prints
 per N and method:
 
@@ -146,7 +146,7 @@ def run_once(home: Path, method: str, n: int, k: int, extra: str = "") -> dict[s
     """One `mas-flower run` at N nodes, `extra` run-config pairs added; its figures (see the module doc)."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=home))
     config = f"{run_config(method, n, k)} {extra} output-dir='{out_dir}'"
-    cmd = [sys.executable, "-m", "mas_flower.cli", "run", "--nodes", str(n), "--flwr-home",
+    cmd = [sys.executable, "-m", "mas_flower", "run", "--nodes", str(n), "--flwr-home",
            str(home / "flwr" / out_dir.name), "--", "--run-config", config]
     env = {**os.environ, "MAS_FLOWER_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     log = home / f"{method}.log"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mas_flower.bench import run_suite
+from mas_flower.tools.bench import run_suite
 from tests.flower_processes import pids_with_arg
 
 TINY_RUNS = ("fedavg-sdk-seed0", "mas-x2-sdk-seed0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from mas_flower.processes import pids_with_arg, stop_trees
+from mas_flower.tools.processes import pids_with_arg, stop_trees
 
 __all__ = ["pids_with_arg", "port_in_use", "stop_process_group"]
 

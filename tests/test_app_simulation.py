@@ -123,7 +123,7 @@ def test_task_metrics_flops_bytes_and_the_live_file(mas_run: Path, tiny_federati
 def test_report_draws_an_unfinished_run_from_its_live_file(mas_run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from mas_flower.report import make_report
+    from mas_flower.tools.report import make_report
 
     run = tmp_path / "running"
     shutil.copytree(mas_run, run)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mas_flower.launch import launch, own_superlink
+from mas_flower.tools.launch import launch, own_superlink
 from tests.test_app_simulation import run_app
 
 GOOD = {"method": "mas", "task-set": "sdk", "splits": 2, "num-rounds": 2, "merge-rounds": 1, "affinity-rounds": 1,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mas_flower.cli import main
 from mas_flower.results import RESULTS_FILE
-from mas_flower.suite import SuiteError, load_suite
-from mas_flower.summary import load_runs, summarise, write_summary
+from mas_flower.tools.cli import main
+from mas_flower.tools.suite import SuiteError, load_suite
+from mas_flower.tools.summary import load_runs, summarise, write_summary
 from tests.bench_suite import TINY_RUNS, tiny_suite, write_suite
 from tests.flower_processes import pids_with_arg
 
@@ -185,7 +185,7 @@ def test_tiny_suite_runs_and_summarises(private_homes, tmp_path_factory: pytest.
 
 def test_resume_redoes_only_the_unfinished_run(private_homes, tmp_path_factory: pytest.TempPathFactory,
                                                capsys: pytest.CaptureFixture) -> None:
-    from mas_flower.bench import run_suite
+    from mas_flower.tools.bench import run_suite
 
     out = tiny_suite(tmp_path_factory)
     kept, redo = (out / "runs" / name for name in ("mas-x2-sdk-seed0", "fedavg-sdk-seed0"))
@@ -207,7 +207,7 @@ def test_second_bench_on_the_same_output_is_refused(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from mas_flower.bench import _lock
+    from mas_flower.tools.bench import _lock
 
     out = tmp_path / "out"
     out.mkdir()

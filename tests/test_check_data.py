@@ -20,7 +20,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     the environment (no console script or checkout-local .venv needed)."""
     package_parent = str(Path(mas_flower.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
-    return subprocess.run([sys.executable, "-m", "mas_flower.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mas_flower", *args], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": path})
 
 

@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from mas_flower import __version__
-from mas_flower.cli import app, main
+from mas_flower.tools.cli import app, main
 
 SUBCOMMANDS = {"synth", "check-data", "split", "bench", "report", "deploy-local", "run", "config"}
 
@@ -43,13 +43,13 @@ def test_usage_and_input_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_run_starts_and_stops_its_own_superlink_and_reports_failure(private_homes, tmp_path: Path) -> None:
-    """`python -m mas_flower.launch` = `mas-flower run`: a run that fails its preflight exits 1, and the
+    """`python -m mas_flower run` = `mas-flower run`: a run that fails its preflight exits 1, and the
     SuperLink it started under its own FLWR_HOME is stopped and said so."""
-    from mas_flower.launch import superlink_marker
-    from mas_flower.processes import pids_with_arg
+    from mas_flower.tools.launch import superlink_marker
+    from mas_flower.tools.processes import pids_with_arg
 
     flwr_home = tmp_path / "flwr"
-    done = subprocess.run([sys.executable, "-m", "mas_flower.launch", "--nodes", "2", "--flwr-home", str(flwr_home),
+    done = subprocess.run([sys.executable, "-m", "mas_flower", "run", "--nodes", "2", "--flwr-home", str(flwr_home),
                            "--", "--run-config", f"clients-per-round=2 data-root='{tmp_path / 'no-data'}'"],
                           capture_output=True, text=True, timeout=300)  # valid settings, missing data: the app fails
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]

@@ -11,7 +11,7 @@ import pytest
 from flwr.common.config import parse_config_args
 
 from mas_flower.defaults import load_settings
-from mas_flower.suite import load_suite
+from mas_flower.tools.suite import load_suite
 from tests.bench_suite import write_suite
 from tests.test_app_simulation import run_app
 
@@ -56,7 +56,7 @@ def test_suite_float_written_as_yaml_string_is_accepted(tmp_path: Path) -> None:
 
 def test_bench_run_config_reaches_flower_intact(tmp_path: Path) -> None:
     """Spaces, both quotes and non-ASCII in the suite's output folder come out of flwr's own parser unchanged."""
-    from mas_flower.bench import write_run_config
+    from mas_flower.tools.bench import write_run_config
 
     output = tmp_path / "out 'single' \"double\" ünïcødé ✓"
     suite = load_suite(write_suite(tmp_path / "suite.yaml", output=str(output)), check_data=False)

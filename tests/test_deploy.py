@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from mas_flower.data import list_buildings
-from mas_flower.deploy import pick_ports, plan_deployment, port_free, run_deployment
-from mas_flower.processes import process_alive
-from mas_flower.security import make_node_key, make_tls
 from mas_flower.tasks import TASKS
+from mas_flower.tools.deploy import pick_ports, plan_deployment, port_free, run_deployment
+from mas_flower.tools.processes import process_alive
+from mas_flower.tools.security import make_node_key, make_tls
 
 SMALL = "method='mas' task-set='sdk' splits=2 num-rounds=2 merge-rounds=1 affinity-rounds=1 batch-size=4 image-size=32"
 
@@ -113,7 +113,7 @@ def test_auth_check_fails_when_the_superlink_admits_an_unregistered_node(private
                                                                          tmp_path: Path, monkeypatch) -> None:
     """The refusal check can fail: a SuperLink started without `--enable-supernode-auth` (TLS still on)
     lets the keyless node register itself, and deploy-local stops before any run, saying so."""
-    import mas_flower.deploy as deploy
+    import mas_flower.tools.deploy as deploy
 
     real = deploy.superlink_security
     monkeypatch.setattr(deploy, "superlink_security",
@@ -169,7 +169,7 @@ def test_throwaway_certificate_serves_tls_on_loopback_and_only_to_its_ca(tmp_pat
 def test_unknown_run_config_key_fails_before_any_process_starts(private_homes, tiny_federation: Path,
                                                                 tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "mas_flower.cli", "deploy-local", "--nodes", "2", "--data-root", str(tiny_federation),
+    cmd = [sys.executable, "-m", "mas_flower", "deploy-local", "--nodes", "2", "--data-root", str(tiny_federation),
            "--auth", "--run-config", f"num_rounds=2 clients-per-round=2 output-dir='{out}'"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert done.returncode == 2, done.stdout + done.stderr
@@ -204,7 +204,7 @@ def test_deploy_local_interrupted_stops_everything(private_homes, tiny_federatio
                                                    sig: signal.Signals, when: str, code: int) -> None:
     """Ctrl-C once the run is going, SIGTERM while the nodes are still connecting: both clean up."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "mas_flower.cli", "deploy-local", "--nodes", "2", "--data-root", str(tiny_federation),
+    cmd = [sys.executable, "-m", "mas_flower", "deploy-local", "--nodes", "2", "--data-root", str(tiny_federation),
            "--timeout", "240", "--run-config", f"{SMALL} clients-per-round=2 output-dir='{out}'"]
     log = tmp_path / "deploy-local.out"
     with log.open("wb") as sink:  # a file, not a pipe: a full pipe would block the launcher
@@ -265,8 +265,8 @@ def test_bad_requests_fail_before_anything_starts(private_homes, tiny_federation
 
 
 def test_process_set_names_the_dead_process_and_stops_every_descendant(tmp_path: Path) -> None:
-    from mas_flower.deploy import DeployError, _wait
-    from mas_flower.processes import ProcessSet
+    from mas_flower.tools.deploy import DeployError, _wait
+    from mas_flower.tools.processes import ProcessSet
 
     procs = ProcessSet(tmp_path / "pids.json")
     env = dict(os.environ)
@@ -285,8 +285,8 @@ def test_process_set_names_the_dead_process_and_stops_every_descendant(tmp_path:
 def test_a_swallowed_interrupt_is_raised_again_by_the_next_wait(tmp_path: Path, sig: signal.Signals, raised) -> None:
     """A Ctrl-C that lands while the launcher forks is dropped by Python ("Exception ignored in
     _releaseLock"); deploy-local must still stop, at its next poll."""
-    from mas_flower.deploy import DeployError, Terminated, _signal_scope, _wait
-    from mas_flower.processes import ProcessSet
+    from mas_flower.tools.deploy import DeployError, Terminated, _signal_scope, _wait
+    from mas_flower.tools.processes import ProcessSet
 
     expected = Terminated if raised == "Terminated" else raised
     with _signal_scope():

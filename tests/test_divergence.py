@@ -209,7 +209,7 @@ def write_run(root: Path, name: str, seed: int, total: float, diverged: dict | N
 
 
 def test_the_summary_says_which_runs_diverged(tmp_path: Path) -> None:
-    from mas_flower.summary import load_runs, summarise, write_summary
+    from mas_flower.tools.summary import load_runs, summarise, write_summary
 
     write_run(tmp_path, "fedavg-sd-seed0", 0, 2.0, {})
     write_run(tmp_path, "fedavg-sd-seed1", 1, 40.0, {"all": {"round": 3, "loss": 30.5, "first_loss": 4.0}})

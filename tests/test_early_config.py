@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from mas_flower.cli import main
 from mas_flower.defaults import RUN_CONFIG_DEFAULTS, RUN_CONFIG_HELP
-from mas_flower.launch import APP_DIR, check_run_config, parse_run_config_args, run_config_args
-from mas_flower.processes import pids_with_arg
+from mas_flower.tools.cli import main
+from mas_flower.tools.launch import APP_DIR, check_run_config, parse_run_config_args, run_config_args
+from mas_flower.tools.processes import pids_with_arg
 from tests.bench_suite import write_suite
 
 CLI = str(APP_DIR / ".venv" / "bin" / "mas-flower")

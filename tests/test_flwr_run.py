@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tomli_w
 
-from mas_flower.launch import launch, own_superlink, run_status, superlink_marker
+from mas_flower.tools.launch import launch, own_superlink, run_status, superlink_marker
 from tests.flower_processes import pids_with_arg, port_in_use
 
 FLOWER_DEFAULT_PORTS = (39091, 39093)

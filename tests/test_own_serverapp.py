@@ -13,7 +13,7 @@ from pathlib import Path
 import tomli_w
 import tomllib
 
-from mas_flower.launch import launch, own_superlink, superlink_marker
+from mas_flower.tools.launch import launch, own_superlink, superlink_marker
 from tests.flower_processes import pids_with_arg
 
 REPO = Path(__file__).resolve().parents[1]

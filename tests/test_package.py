@@ -86,3 +86,21 @@ def test_wheel_installs_into_a_fresh_venv_and_the_cli_runs(tmp_path: Path) -> No
     real = subprocess.run([cli, "bench", str(suite)], cwd=away, env=env, capture_output=True, text=True, timeout=120)
     assert real.returncode == 2 and "holds no pyproject.toml" in real.stderr, real.stderr
     assert not (away / "out").exists()
+
+
+def test_the_library_and_the_strategy_layer_never_import_the_operator_tools() -> None:
+    """`mas_flower/tools/` sits on top: nothing else in the package imports it (lazily or not), so the
+    layers cannot grow a cycle back through the command line."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "mas_flower"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package)
+        if rel.parts[0] == "tools" or rel.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{rel}: {n}" for n in names if n == "mas_flower.tools" or n.startswith("mas_flower.tools.")]
+    assert offenders == []

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mas_flower.cli import main
-from mas_flower.report import make_report
+from mas_flower.tools.cli import main
+from mas_flower.tools.report import make_report
 from tests.bench_suite import tiny_suite
 
 

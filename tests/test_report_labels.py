@@ -11,8 +11,8 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from mas_flower.report import loss_vs_energy_figure, make_report, provenance, split_round, validation_loss_figure
-from mas_flower.summary import Run, load_runs, summarise
+from mas_flower.tools.report import loss_vs_energy_figure, make_report, provenance, split_round, validation_loss_figure
+from mas_flower.tools.summary import Run, load_runs, summarise
 from tests.test_run_names import _results, _run_folder
 
 matplotlib.use("Agg")

@@ -9,8 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mas_flower.report import _pair_gain, _val_skills, _val_totals, cogrouping, pair_gain_scale, write_cogrouping_csv
-from mas_flower.summary import Run
+from mas_flower.tools.report import (
+    _pair_gain,
+    _val_skills,
+    _val_totals,
+    cogrouping,
+    pair_gain_scale,
+    write_cogrouping_csv,
+)
+from mas_flower.tools.summary import Run
 
 
 def _run(seed: int, splits: list[str] | None, history: list | None = None, task_set: str = "sdk") -> Run:

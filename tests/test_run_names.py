@@ -10,9 +10,9 @@ from pathlib import Path
 from PIL import Image
 
 from mas_flower.defaults import load_settings
-from mas_flower.report import make_report, provenance
 from mas_flower.results import new_run_dir, run_name
-from mas_flower.summary import Run
+from mas_flower.tools.report import make_report, provenance
+from mas_flower.tools.summary import Run
 
 #: 2025-01-02 03:04:05 local time, so the stamp is known by hand.
 WHEN = time.mktime((2025, 1, 2, 3, 4, 5, 0, 0, -1))

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mas_flower.launch import APP_DIR
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE
+from mas_flower.tools.launch import APP_DIR
 from tests.flower_processes import pids_with_arg, stop_trees
 
 CLI = str(APP_DIR / ".venv" / "bin" / "mas-flower")
@@ -131,7 +131,7 @@ def test_kill_of_run_sh_stops_the_run(tiny_federation: Path, tmp_path: Path) -> 
 def test_resume_hint_quotes_the_folder_as_flwr_and_the_shell_read_it(tmp_path: Path) -> None:
     """Each of the hint's cases, by hand: no folder yet, no checkpoint yet, a folder with a quote in its
     name (TOML basic string, then single-quoted for the shell), a finished run."""
-    from mas_flower.launch import parse_run_config_args, resume_hint
+    from mas_flower.tools.launch import parse_run_config_args, resume_hint
 
     assert resume_hint(None) == "the ServerApp had not named a run folder yet: nothing to resume (start the run again)"
     run_dir = tmp_path / "it's a run"

@@ -174,8 +174,8 @@ def test_a_users_serverapp_from_the_readme_runs_mas_over_fedadam(private_homes, 
 
 
 def test_a_suite_compares_one_method_over_two_server_strategies(tmp_path: Path) -> None:
-    from mas_flower.suite import load_suite
-    from mas_flower.summary import Run, display_name, summarise
+    from mas_flower.tools.suite import load_suite
+    from mas_flower.tools.summary import Run, display_name, summarise
     from tests.bench_suite import write_suite
 
     suite = load_suite(write_suite(tmp_path / "suite.yaml", methods=["mas-2", "mas-2@fedadam"]), check_data=False)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mas_flower.bench import run_line
-from mas_flower.report import affinity_scale, cogrouping, make_report, pair_gain_scale, provenance, task_order
 from mas_flower.results import RESULTS_FILE
 from mas_flower.strategy.outputs import summary as run_summary
-from mas_flower.summary import load_runs, oracle_partition_delta_m, summarise, timing, write_summary
+from mas_flower.tools.bench import run_line
+from mas_flower.tools.report import affinity_scale, cogrouping, make_report, pair_gain_scale, provenance, task_order
+from mas_flower.tools.summary import load_runs, oracle_partition_delta_m, summarise, timing, write_summary
 
 CONFIG = {"model": "tiny", "image-size": 32, "num-rounds": 4, "merge-rounds": 3, "clients-per-round": 2,
           "local-epochs": 1, "batch-size": 4, "lr": 0.1, "affinity-rounds": 2, "affinity-every": 1}

@@ -28,7 +28,7 @@ validation-loss and affinity-rounds figures only).
 Every figure's title names where the runs it shows come from and their settings (`provenance`): the
 suite (the folder holding `runs/`), or each run folder outside a suite by its own settings. The title
 is also the PNG's `Title` metadata.
-summary.csv, summary.md and runs.csv (`mas_flower.summary`) are written beside the figures.
+summary.csv, summary.md and runs.csv (`mas_flower.tools.summary`) are written beside the figures.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ import numpy as np
 
 from mas_flower.constant import LOW_SKILL
 from mas_flower.live import LIVE_FILE, read_live
-from mas_flower.summary import Run, display_name, find_run_dirs, load_runs, summarise, write_summary
 from mas_flower.tasks import ALL_LETTERS, TASKS
+from mas_flower.tools.summary import Run, display_name, find_run_dirs, load_runs, summarise, write_summary
 
 Curves = dict[tuple[str, str], list[Run]]
 

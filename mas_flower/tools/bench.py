@@ -2,18 +2,18 @@
 tabulate it (summary.csv, summary.md).
 
 The output folder is `--output`, else the suite's `output` key, else `$MAS_FLOWER_HOME/bench/<suite
-file name>`. Each run is one `flwr run` (`mas_flower.launch`) into `<output>/runs/<run name>/`; a run counts as
+file name>`. Each run is one `flwr run` (`mas_flower.tools.launch`) into `<output>/runs/<run name>/`; a run counts as
 done when its results.json exists, so an interrupted suite resumes where it stopped (a folder
 without results.json is moved to `<output>/incomplete/` and the run redone). A failed run is
 recorded in `<output>/bench-status.json` and the others go on; the exit code is 1 if any failed.
 
 Flower isolation: the suite uses its own FLWR_HOME (`<output>/.flwr`) and its own free ports for
-the managed SuperLink (`mas_flower.launch.own_superlink`), so it neither touches the user's Flower
+the managed SuperLink (`mas_flower.tools.launch.own_superlink`), so it neither touches the user's Flower
 config nor reuses (or is broken by) a SuperLink someone else started. The SuperLink it started is
 stopped at the end by PID, found by that FLWR_HOME path in its command line.
 
 Every run's config is validated as its ServerApp will validate it before the first run starts.
-SIGINT or SIGTERM stops the running run and all its processes (`mas_flower.launch.stop_on_signals`),
+SIGINT or SIGTERM stops the running run and all its processes (`mas_flower.tools.launch.stop_on_signals`),
 says where its folder and checkpoint are, and exits 130 / 143.
 """
 
@@ -32,10 +32,10 @@ from pathlib import Path
 import tomli_w
 from filelock import FileLock, Timeout
 
-from mas_flower.launch import Stopped, check_app_dir, launch, own_superlink, resume_hint, stop_on_signals
 from mas_flower.results import RESULTS_FILE, write_json
-from mas_flower.suite import RunSpec, Suite, SuiteError, load_suite
-from mas_flower.summary import load_runs, oracle_rank_text, summarise, timing, write_summary
+from mas_flower.tools.launch import Stopped, check_app_dir, launch, own_superlink, resume_hint, stop_on_signals
+from mas_flower.tools.suite import RunSpec, Suite, SuiteError, load_suite
+from mas_flower.tools.summary import load_runs, oracle_rank_text, summarise, timing, write_summary
 
 STATUS_FILE = "bench-status.json"
 
@@ -149,7 +149,7 @@ def _run_all(suite: Suite, runs: list[RunSpec], env: dict[str, str]) -> dict[str
 
 
 def run_line(results: dict, launch_seconds: float | None = None) -> str:
-    """One finished run in a line: total test loss, compute share (`mas_flower.summary.timing`), client
+    """One finished run in a line: total test loss, compute share (`mas_flower.tools.summary.timing`), client
     seconds, TFLOPs, MB; the fixed costs of its `flwr run`: the seconds outside the ServerApp (start-up:
     Flower, Ray, the apps; shut-down) when `launch_seconds` (the whole `flwr run`) is given, and how much
     longer its first round took than the median of the others; and an oracle's rank of MAS's choice."""

@@ -352,7 +352,7 @@ def markdown(rows: list[Row], runs: list[Run]) -> str:
              "paper's GPU hours); wall: the ServerApp's wall-clock hours. Energy and CO2eq as results.json "
              "records them. Client s (no warm-up): client training-loop seconds without the run's first round; "
              "compute share: those seconds over all client seconds, set-up and first round included "
-             "(`mas_flower.summary.timing`)."]
+             "(`mas_flower.tools.summary.timing`)."]
     estimated = [r for r in runs if r.results.get("energy_estimated")]
     if estimated:
         lines.append(f"Energy is an **estimate**, not a measurement, in {len(estimated)} of {len(runs)} runs "

@@ -119,7 +119,7 @@ def bench(suite: Annotated[Path, typer.Argument(help="suite YAML (see conf/)")],
     SUITE: the suite YAML (see conf/). Exit code 1 if any run failed; 130/143 if stopped by
     Ctrl-C/SIGTERM (the running run is stopped with all its processes).
     """
-    from mas_flower.bench import run_suite
+    from mas_flower.tools.bench import run_suite
 
     return run_suite(suite, dry_run=dry_run, output=output)
 
@@ -133,7 +133,7 @@ def report(runs: Annotated[list[Path], typer.Argument(help="run folders (with re
 
     RUNS: run folders (with results.json) or suite output folders.
     """
-    from mas_flower.report import make_report
+    from mas_flower.tools.report import make_report
 
     for path in make_report(list(runs), out):
         print(path)
@@ -153,7 +153,7 @@ def deploy_local(nodes: Annotated[int, typer.Option(help="SuperNodes to start, o
                                                     "node's key; check that a node with an unregistered key is "
                                                     "refused")] = False) -> int:
     """SuperLink + N SuperNodes on loopback, run the app, stop them."""
-    from mas_flower.deploy import deploy_local as deploy
+    from mas_flower.tools.deploy import deploy_local as deploy
 
     return deploy(nodes=nodes, run_config=run_config, data_root=data_root, base_port=base_port, timeout=timeout,
                   tls=tls, auth=auth)
@@ -178,7 +178,7 @@ def run(flwr_args: Annotated[list[str] | None, typer.Argument(
     The run config is validated before anything starts (exit code 2). Ctrl-C or SIGTERM stops the
     run and all its processes, prints how to resume it, and exits 130/143.
     """
-    from mas_flower.launch import APP_DIR, run_app
+    from mas_flower.tools.launch import APP_DIR, run_app
 
     return run_app(nodes, cpus_per_node, gpus_per_node, flwr_args or [], flwr_home, app_dir or APP_DIR)
 

@@ -6,7 +6,7 @@ the final status is read back with `flwr ls` (`flwr run --stream` exits 0 even w
 crashed). Flower is only driven through its executables, never imported. Every process started,
 and everything those spawn, is stopped at the end: on success, failure, timeout, Ctrl-C or SIGTERM.
 
-With `tls`, a throw-away CA and server certificate (mas_flower.security) secure every connection to
+With `tls`, a throw-away CA and server certificate (mas_flower.tools.security) secure every connection to
 the SuperLink. With `auth` (implies `tls`), the SuperLink only admits SuperNodes whose public keys were
 registered with `flwr supernode register`; to prove it, two extra SuperNodes are started too and must
 both be refused before the run begins: one with a key nobody registered, one with no key at all (which
@@ -36,12 +36,12 @@ from typing import Any, TextIO
 import tomllib
 
 from mas_flower.data import list_buildings
-from mas_flower.processes import ProcessSet, Started
 from mas_flower.results import RESULTS_FILE, fresh_dir
-from mas_flower.security import NodeKey, TlsFiles, make_node_key, make_tls
 from mas_flower.settings import Settings, home
+from mas_flower.tools.processes import ProcessSet, Started
+from mas_flower.tools.security import NodeKey, TlsFiles, make_node_key, make_tls
 
-APP_DIR = Path(__file__).resolve().parents[1]
+APP_DIR = Path(__file__).resolve().parents[2]
 CONNECTION = "deploy"
 #: The SuperNodes `auth` starts to check that the SuperLink refuses them (see _start_unregistered).
 INTRUDERS = ("unregistered-key", "no-key")

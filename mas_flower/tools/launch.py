@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mas_flower.processes import Watch, pids_with_arg, stop_trees, watching
 from mas_flower.settings import Settings, home
+from mas_flower.tools.processes import Watch, pids_with_arg, stop_trees, watching
 
 #: The app folder (its pyproject.toml is what `flwr run` reads) in a checkout.
-APP_DIR = Path(__file__).resolve().parents[1]
+APP_DIR = Path(__file__).resolve().parents[2]
 RUN_ID = re.compile(r"Successfully started run (\d+)")
 #: What the ServerApp logs once it has chosen (or, resuming, reopened) the run folder.
 RUN_DIR = re.compile(r"run folder: (.+?)\s*$")
@@ -410,7 +410,7 @@ def shell_word(text: str) -> str:
 
 def resume_config(run_dir: Path) -> str | None:
     """`resume='<run_dir>'` as flwr's `key=value` parser reads it back; None if no quoting can carry it."""
-    from mas_flower.deploy import toml_string
+    from mas_flower.tools.deploy import toml_string
 
     try:
         return f"resume={toml_string(str(run_dir))}"
@@ -451,13 +451,3 @@ def run_app(nodes: int, cpus_per_node: float = 1.0, gpus_per_node: float = 0.0, 
         print(resume_hint(done.run_dir, done.last_round, nodes))
     return 0 if done.status == COMPLETED else 1
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mas_flower.launch [OPTIONS] [-- FLWR_ARGS]`: the same as `mas-flower run`."""
-    from mas_flower.cli import main as cli
-
-    return cli(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
