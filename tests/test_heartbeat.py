@@ -3,7 +3,6 @@ the nodes are first contacted, and never after the step ended."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
@@ -16,6 +15,7 @@ from mas_flower.prepare import prepare_data
 from mas_flower.strategy import membership
 from mas_flower.strategy.run import NodeRoster
 from mas_flower.synthetic import generate_dataset
+from tests.test_log_lines import Lines
 from tests.test_membership_rules import ScriptedGrid, in_a_run  # noqa: F401 (in_a_run: an autouse fixture)
 
 
@@ -55,15 +55,6 @@ def test_generation_reports_each_building_in_order(tmp_path, workers: int) -> No
     done: list[int] = []
     generate_dataset(tmp_path / "d", buildings=3, views=2, size=16, seed=4, workers=workers, progress=done.append)
     assert done == [1, 2, 3]
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def test_generating_the_synthetic_federation_logs_progress(tmp_path, monkeypatch) -> None:
