@@ -45,3 +45,19 @@ def test_flowers_received_line_is_dropped_and_others_pass(flower_lines: list[str
     FLOWER_LOGGER.info("configure_evaluate: Sampled %s nodes (out of %s)", 6, 6)
     FLOWER_LOGGER.info("Starting Flower ServerApp")
     assert flower_lines == ["Starting Flower ServerApp"]
+
+
+def test_flowers_hints_on_the_federation_size_are_not_shown_and_our_lines_are() -> None:
+    """`flwr run` says the default federation has 2 SuperNodes and how to change it; `mas-flower run`
+    sets the size itself (--nodes), so those lines would contradict the "(6 simulated SuperNodes)" line."""
+    from mas_flower.tools.launch import shown
+
+    hidden = ["\x1b[93mWARNING \x1b[0m:   Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.",
+              "\x1b[92mINFO \x1b[0m:      To change federation size, use the following command:",
+              "\x1b[92mINFO \x1b[0m:      \tflwr federation simulation-config @none/default <superlink> "
+              "--num-supernodes <N>"]
+    kept = ["\x1b[92mINFO \x1b[0m:      Federation `@none/default` (6 simulated SuperNodes)",
+            "\x1b[92mINFO \x1b[0m:      [merge] round 1/2  trained on 4 of 6 nodes (a,b,c,d)  val loss all: 8.5944",
+            "Successfully started run 8635880483659243303"]
+    assert [shown(line) for line in hidden] == [False, False, False]
+    assert [shown(line) for line in kept] == [True, True, True]

@@ -192,6 +192,18 @@ class Launched:
     last_round: str | None = None  # the last round it logged, e.g. 'all-in-one 3/20'
 
 
+#: Flower's hints about the simulated federation's size, which this command sets itself (`--nodes`):
+#: "Since flwr 1.32, default simulated SuperNodes changed from 10 to 2" and how to change it. Not shown.
+FEDERATION_SIZE_HINTS = re.compile(r"default simulated SuperNodes changed from|To change federation size, use the "
+                                   r"following command|flwr federation simulation-config")
+
+
+def shown(line: str) -> bool:
+    """Whether a line of `flwr run --stream` is passed on: all but `FEDERATION_SIZE_HINTS`, which would
+    contradict the federation line that follows them ("Federation ... (6 simulated SuperNodes)")."""
+    return FEDERATION_SIZE_HINTS.search(line) is None
+
+
 class _Progress:
     """What the streamed log has said so far: run id, run folder, last round."""
 
@@ -244,8 +256,9 @@ def launch_run(nodes: int, cpus_per_node: float, gpus_per_node: float, extra: li
             assert proc.stdout is not None
             for line in proc.stdout:
                 progress.feed(line)  # first: a signal may come as soon as the line is shown
-                sys.stdout.write(line)
-                sys.stdout.flush()
+                if shown(line):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
             proc.wait()
         if progress.run_id is None:
             raise RuntimeError(f"`{' '.join(cmd)}` did not start a run (exit code {proc.returncode})")
