@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
+from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi
 
 from mas_flower.defaults import load_settings
@@ -193,3 +194,19 @@ def test_a_suite_compares_one_method_over_two_server_strategies(tmp_path: Path) 
     assert [(r.method, r.server_strategy, r.total[0]) for r in rows] == [("mas-2", "fedavg", 3.0),
                                                                          ("mas-2@fedadam", "fedadam", 2.0)]
     assert rows[1].server_hyperparameters == {"eta": 0.1} and display_name("mas-2@fedadam") == "MAS-2 over fedadam"
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"num_rounds": 3}, "num_rounds"),
+    ({"timeout": 60.0, "evaluate_fn": lambda r, a: None}, "timeout, evaluate_fn"),
+    ({"train_config": ConfigRecord({"lr": 0.5})}, "train_config"),
+])
+def test_method_strategy_start_refuses_flowers_parameters_it_cannot_honour(kwargs: dict, named: str) -> None:
+    """Flower's `start(grid, initial_arrays, num_rounds, ...)`: the method decides rounds and networks, so
+    a caller's values are refused by name before anything is sent, not silently ignored."""
+    from mas_flower.methods import build_method
+    from mas_flower.strategy import MethodStrategy
+
+    strategy = MethodStrategy(build_method(load_settings({})), "fedavg")
+    with pytest.raises(ValueError, match=f"MethodStrategy.start cannot honour {named}: "):
+        strategy.start(None, **kwargs)  # type: ignore[arg-type]  (refused before the grid is used)

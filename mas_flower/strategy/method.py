@@ -128,8 +128,10 @@ class MethodStrategy(Strategy):
               evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
         """Every stage of the method (from the checkpoint, if resuming), then every task's test loss.
 
-        The method decides the networks and rounds (`initial_arrays` and `num_rounds` are not used);
-        `reply-timeout` bounds the wait for replies. This machine is metered only when some nodes
+        Flower's signature, as a thin adapter: the method decides the networks, rounds and messages and
+        `reply-timeout` bounds the wait for replies, so a caller passing `initial_arrays`, `num_rounds`,
+        `timeout`, `train_config`, `evaluate_config` or `evaluate_fn` gets a ValueError naming each,
+        not a run that silently ignores them. This machine is metered only when some nodes
         share it (as in simulation), so that it is counted once; remote nodes meter themselves.
         Returns the final stage's networks (keyed `<federation>/<parameter>`) and its metrics.
         Raises RoundFailed when a round gets too few valid replies after every retry, and
@@ -137,6 +139,13 @@ class MethodStrategy(Strategy):
         or non-finite network or its validation loss is non-finite: the round it happened in is not
         checkpointed. A validation loss above 3x its first is logged and recorded, not stopped.
         """
+        given = {"initial_arrays": initial_arrays is not None, "num_rounds": num_rounds is not None,
+                 "timeout": timeout != 3600, "train_config": train_config is not None,
+                 "evaluate_config": evaluate_config is not None, "evaluate_fn": evaluate_fn is not None}
+        if ignored := [name for name, passed in given.items() if passed]:
+            raise ValueError(f"{type(self).__name__}.start cannot honour {', '.join(ignored)}: the method decides "
+                             "the networks, rounds and messages (run-config keys such as num-rounds and lr), and "
+                             "`reply-timeout` bounds the wait for replies. Call start(grid).")
         log(INFO, "Starting %s:", type(self).__name__)
         self.summary()
         if not self.nodes:
