@@ -45,8 +45,10 @@ class MethodLabel:
         base, _, x = body.rpartition("-")
         if base in known and x.isdigit():
             if not METHODS.get(base).takes_splits:
-                takes = ", ".join(n for n in known if METHODS.get(n).takes_splits)
-                raise ValueError(f"{base!r} takes no number of groups (only {takes} do): write '{base}'")
+                from mas_flower.methods import split_methods  # the package imports this module first
+
+                raise ValueError(f"{base!r} takes no number of groups (only {', '.join(split_methods())} do): "
+                                 f"write '{base}'")
             if int(x) < 1:
                 raise ValueError(f"{body!r}: the number of groups must be at least 1")
             return cls(base, int(x), server or None)

@@ -343,7 +343,7 @@ class ParallelFederations(Strategy):
             for nid in self._sent_to[fed.name]:
                 contents[nid][P.record_key(P.ARRAYS, fed.name)] = _packed(_only(by_node[nid].array_records), packed)
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = _only(by_node[nid].config_records)
-        self._eval_split = str(shared["split"])
+        self._eval_split = split
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.EVALUATE)
                 for nid, c in contents.items() if len(c.config_records) > 1]
 

@@ -26,7 +26,7 @@ from mas_flower.energy import EnergyMeter
 from mas_flower.live import append_live
 from mas_flower.methods import Method, StageOutcome
 from mas_flower.settings import home
-from mas_flower.strategy.aggregators import SERVER_STRATEGIES, StrategyFactory, server_hyperparameters
+from mas_flower.strategy.aggregators import StrategyFactory, server_hyperparameters
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from mas_flower.strategy.divergence import DivergedError
 from mas_flower.strategy.federations import ParallelFederations, initial_states, join_arrays, split_arrays
@@ -113,9 +113,8 @@ class MethodStrategy(Strategy):
         name = self.aggregator if isinstance(self.aggregator, str) else "custom"
         log(INFO, "\t├──> method %s on tasks %s, %d rounds, %d of the nodes per round", self.method.name,
             s.task_set, s.num_rounds, s.clients_per_round)
-        given = ""
-        if name == s.server_strategy and name in SERVER_STRATEGIES and SERVER_STRATEGIES[name][1]:
-            given = " (" + ", ".join(f"{k}={v}" for k, v in server_hyperparameters(s).items()) + ")"
+        hyper = server_hyperparameters(s) if name == s.server_strategy else {}
+        given = " (" + ", ".join(f"{k}={v}" for k, v in hyper.items()) + ")" if hyper else ""
         log(INFO, "\t└──> every federation aggregated by its own %s strategy%s", name, given)
         if self.current is not None:
             self.current.summary()
