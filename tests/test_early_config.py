@@ -165,13 +165,19 @@ def test_config_prints_each_key_default_and_meaning(capsys: pytest.CaptureFixtur
 
 
 def test_config_markdown_table(capsys: pytest.CaptureFixture) -> None:
+    """One table per group of keys, under a `###` heading, the groups in declaration order."""
     assert main(["config", "--format", "markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[:2] == ["| key | default | meaning |", "|---|---|---|"]
-    assert len(lines) == 2 + len(RUN_CONFIG_DEFAULTS)
-    assert f"| `num-rounds` | `{RUN_CONFIG_DEFAULTS['num-rounds']}` | {RUN_CONFIG_HELP['num-rounds']} |" in lines
-    assert f"| `output-dir` | `''` | {RUN_CONFIG_HELP['output-dir']} |" in lines
-    assert all(line.count("|") == 4 for line in lines)
+    assert lines[:4] == ["### Training", "", "| key | default | meaning |", "|---|---|---|"]
+    headings = [line for line in lines if line.startswith("### ")]
+    assert headings == ["### Training", "### Affinity", "### Server strategy", "### Evaluation",
+                        "### Faults and membership", "### Energy", "### Synthetic data", "### Data and outputs"]
+    rows = [line for line in lines if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == list(RUN_CONFIG_DEFAULTS)
+    assert f"| `num-rounds` | `{RUN_CONFIG_DEFAULTS['num-rounds']}` | {RUN_CONFIG_HELP['num-rounds']} |" in rows
+    assert f"| `output-dir` | `''` | {RUN_CONFIG_HELP['output-dir']} |" in rows
+    assert all(line.count("|") == 4 for line in lines if line.startswith("|"))
+    assert len(lines) == len(rows) + 5 * len(headings) - 1  # heading, blank, header, rule; blank between
     assert main(["config", "--format", "html"]) == 2
 
 

@@ -26,6 +26,7 @@ def _pyproject() -> dict:
 def test_pyproject_run_config_equals_the_defaults_in_code() -> None:
     flower = _pyproject()["tool"]["flwr"]["app"]["config"]
     assert flower == RUN_CONFIG_DEFAULTS
+    assert list(flower) == list(RUN_CONFIG_DEFAULTS)  # in the same groups, so the two read alike
     assert {k: type(v) for k, v in flower.items()} == {k: type(v) for k, v in RUN_CONFIG_DEFAULTS.items()}
 
 

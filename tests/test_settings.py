@@ -54,11 +54,41 @@ def test_defaults_are_valid_and_typed() -> None:
     ({"image-size": 60}, "image-size=60: image size 60 does not fit model 'tiny'"),
     ({"model": "xception", "image-size": 72}, "image-size=72: image size 72 does not fit model 'xception'"),
     ({"run-name": "../elsewhere"}, "run-name='../elsewhere' must be a plain folder name"),
+    # every rule names its own key and value (these once shared one message naming several keys)
+    ({"round-retries": -1}, "round-retries=-1 must be non-negative"),
+    ({"energy-intensity": -5}, "energy-intensity=-5.0 must be non-negative"),
+    ({"gradnorm-alpha": -1}, "gradnorm-alpha=-1.0 must be non-negative"),
+    ({"server-lr": -0.1}, "server-lr=-0.1 must be non-negative"),
+    ({"tau": 0}, "tau=0.0 must be positive"),
+    ({"task-set": "sdq"}, "task-set='sdq': unknown task letter(s) 'q'"),
 ])
 def test_bad_settings_name_the_key(override: dict, message: str) -> None:
     with pytest.raises(ValueError, match="invalid run config|run-config key") as err:
         load_settings({}, override)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"lr": float("-inf")}, "lr=-inf must be a finite number"),
+    ({"server-momentum": -0.5}, "server-momentum=-0.5 must be in [0, 1)"),
+    ({"energy-intensity": float("nan")}, "energy-intensity=nan must be a finite number"),
+    ({"image-size": 0}, "image-size=0 must be at least 1"),
+])
+def test_one_rule_one_message(override: dict, message: str) -> None:
+    """A key's checks stop at its first failure: a value breaking two rules is not reported twice."""
+    with pytest.raises(ValueError) as err:
+        load_settings({}, override)
+    assert str(err.value) == f"invalid run config: {message}"
+
+
+def test_every_key_is_declared_with_group_meaning_and_default() -> None:
+    from mas_flower.settings import DECLARED
+
+    assert [d.key for d in DECLARED] == list(app_defaults())
+    assert all(d.meaning and d.group.title for d in DECLARED)
+    groups = [d.group for d in DECLARED]
+    assert len({*groups}) == len([g for i, g in enumerate(groups) if i == 0 or g != groups[i - 1]])  # contiguous
+    assert Settings() == load_settings({})  # the declared defaults are the defaults
 
 
 def test_unknown_key_is_named() -> None:
