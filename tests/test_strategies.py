@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMed
 from mas_flower.defaults import load_settings
 from mas_flower.methods import FederationSpec, Stage
 from mas_flower.strategy import ParallelFederations, server_strategy
-from mas_flower.strategy.aggregators import MEASURED_SERVER_LR
+from mas_flower.strategy.aggregators import MEASURED_SERVER_LR, SERVER_STRATEGIES, server_hyperparameters
 from tests.test_app_simulation import run_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +106,21 @@ def test_server_hyperparameters_come_from_the_run_config() -> None:
     assert (avgm.server_learning_rate, avgm.server_momentum) == (1.0, 0.9)
     trimmed = server_strategy(load_settings({}, {"server-strategy": "fedtrimmedavg", "trim-beta": 0.1}))
     assert trimmed.beta == 0.1
+
+
+@pytest.mark.parametrize("name", list(SERVER_STRATEGIES))
+def test_every_hyperparameter_is_a_keyword_of_its_flower_class(name: str) -> None:
+    """Each keyword read from the settings exists on Flower's class (a typo would otherwise surface only
+    when that strategy is built), and `server-lr=0` never reaches Flower as 0."""
+    import inspect
+
+    import flwr.serverapp.strategy as flower
+
+    entry = SERVER_STRATEGIES[name]
+    accepted = inspect.signature(getattr(flower, entry.flower_class).__init__).parameters
+    assert set(entry.hyperparameters) <= set(accepted)
+    hyper = server_hyperparameters(load_settings({}, {"server-strategy": name, "server-lr": 0.0}))
+    assert set(hyper) == set(entry.hyperparameters) and 0.0 not in (hyper.get("eta"), hyper.get("server_learning_rate"))
 
 
 @pytest.mark.parametrize(("override", "message"), [

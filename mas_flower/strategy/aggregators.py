@@ -1,17 +1,19 @@
 """Flower's own strategies by name (`server-strategy`), with their hyperparameters from the run config.
 
 Every federation of a run gets its own instance, so a server optimiser (FedAdam's moments, FedAvgM's
-momentum) keeps its state per network. `server-lr` left at 0 takes the measured default of
-`MEASURED_SERVER_LR` where Flower's own default blows our networks up, else the strategy's Flower
-default; the other hyperparameters default to Flower's values in the app's config.
+momentum) keeps its state per network. Each Flower keyword is read from `Settings` by a function, so a
+renamed setting fails where it is read, not as a string. `server-lr` left at 0 takes the measured
+default of `MEASURED_SERVER_LR` where Flower's own default blows our networks up, else the strategy's
+Flower default; the other hyperparameters default to Flower's values in the app's config.
 Flower is imported only when a strategy is built, so settings can be checked without it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mas_flower import protocol as P
 
@@ -20,22 +22,38 @@ if TYPE_CHECKING:
 
     from mas_flower.settings import Settings
 
-#: name -> (class in `flwr.serverapp.strategy`, {Flower keyword: Settings field}).
-SERVER_STRATEGIES: dict[str, tuple[str, dict[str, str]]] = {
-    "fedavg": ("FedAvg", {}),
-    "fedprox": ("FedProx", {"proximal_mu": "fedprox_mu"}),
-    "fedadam": ("FedAdam", {"eta": "server_lr", "eta_l": "lr", "beta_1": "beta_1", "beta_2": "beta_2",
-                            "tau": "tau"}),
-    "fedyogi": ("FedYogi", {"eta": "server_lr", "eta_l": "lr", "beta_1": "beta_1", "beta_2": "beta_2",
-                            "tau": "tau"}),
-    "fedadagrad": ("FedAdagrad", {"eta": "server_lr", "eta_l": "lr", "tau": "tau"}),
-    "fedavgm": ("FedAvgM", {"server_learning_rate": "server_lr", "server_momentum": "server_momentum"}),
-    "fedmedian": ("FedMedian", {}),
-    "fedtrimmedavg": ("FedTrimmedAvg", {"beta": "trim_beta"}),
-}
+#: Reads one hyperparameter from the run's settings; None means "the strategy's default"
+#: (`MEASURED_SERVER_LR`, else the Flower class's own default for that keyword).
+Hyperparameter = Callable[["Settings"], Any]
 
-#: Settings fields whose value 0 means "the strategy's default": `MEASURED_SERVER_LR`, else Flower's own.
-FLOWER_DEFAULT_IF_ZERO = ("server_lr",)
+
+def _server_lr(s: Settings) -> float | None:
+    """`server-lr`, or None when left at 0 (0 is the run config's "the strategy's default")."""
+    return s.server_lr or None
+
+
+class ServerStrategy(NamedTuple):
+    """A class of `flwr.serverapp.strategy` and how each of its keywords is read from the settings."""
+
+    flower_class: str
+    hyperparameters: dict[str, Hyperparameter]
+
+
+_ADAPTIVE: dict[str, Hyperparameter] = {"eta": _server_lr, "eta_l": lambda s: s.lr, "beta_1": lambda s: s.beta_1,
+                                        "beta_2": lambda s: s.beta_2, "tau": lambda s: s.tau}
+
+#: `server-strategy` name -> its Flower class and {Flower keyword: read from Settings}.
+SERVER_STRATEGIES: dict[str, ServerStrategy] = {
+    "fedavg": ServerStrategy("FedAvg", {}),
+    "fedprox": ServerStrategy("FedProx", {"proximal_mu": lambda s: s.fedprox_mu}),
+    "fedadam": ServerStrategy("FedAdam", _ADAPTIVE),
+    "fedyogi": ServerStrategy("FedYogi", _ADAPTIVE),
+    "fedadagrad": ServerStrategy("FedAdagrad", {"eta": _server_lr, "eta_l": lambda s: s.lr, "tau": lambda s: s.tau}),
+    "fedavgm": ServerStrategy("FedAvgM", {"server_learning_rate": _server_lr,
+                                         "server_momentum": lambda s: s.server_momentum}),
+    "fedmedian": ServerStrategy("FedMedian", {}),
+    "fedtrimmedavg": ServerStrategy("FedTrimmedAvg", {"beta": lambda s: s.trim_beta}),
+}
 
 #: `server-lr=0` for these strategies: this eta, not Flower's 0.1, which at `./run.sh`'s default workload
 #: (MAS-2 on sdnkt, 6 nodes, seed 0) sends the first validation loss to 811 (FedAdam) and 865,506
@@ -57,7 +75,7 @@ def check_server_strategy(name: str, where: str = "") -> None:
 def _flower_class(name: str) -> type:
     import flwr.serverapp.strategy as flower
 
-    return getattr(flower, SERVER_STRATEGIES[name][0])
+    return getattr(flower, SERVER_STRATEGIES[name].flower_class)
 
 
 def server_hyperparameters(settings: Settings) -> dict[str, Any]:
@@ -66,11 +84,9 @@ def server_hyperparameters(settings: Settings) -> dict[str, Any]:
     check_server_strategy(name)
     defaults = inspect.signature(_flower_class(name).__init__).parameters
     out: dict[str, Any] = {}
-    for keyword, field in SERVER_STRATEGIES[name][1].items():
-        value = getattr(settings, field)
-        if field in FLOWER_DEFAULT_IF_ZERO and value == 0:
-            value = MEASURED_SERVER_LR.get(name, defaults[keyword].default)
-        out[keyword] = value
+    for keyword, read in SERVER_STRATEGIES[name].hyperparameters.items():
+        value = read(settings)
+        out[keyword] = MEASURED_SERVER_LR.get(name, defaults[keyword].default) if value is None else value
     return out
 
 
@@ -92,7 +108,5 @@ def strategy_factory(aggregator: str | StrategyFactory, settings: Settings) -> S
     if callable(aggregator):
         return aggregator
     check_server_strategy(aggregator)
-    import dataclasses
-
     named = dataclasses.replace(settings, server_strategy=aggregator)
     return lambda: server_strategy(named)
