@@ -1,5 +1,6 @@
-"""A name -> class registry filled by a class decorator: how methods and loss weightings are chosen
-by name, so that adding one is adding a file."""
+"""One name -> entry registry for everything chosen by name (models, methods, loss weightings), so
+that the unknown-name error, the double-registration check and the listing are written once, and
+adding one of them is adding a file."""
 
 from __future__ import annotations
 
@@ -12,28 +13,38 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
+    """Entries of one `kind` by name: classes (methods, weightings) or anything a kind keeps per name
+    (a model's builder with its stride)."""
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._classes: dict[str, type[T]] = {}
+        self._entries: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
-        """Class decorator: make the class available under `name` (also set as its `name`)."""
+    def add(self, name: str, entry: T) -> T:
+        """Keep `entry` under `name`; a second entry under the same name is refused (two files
+        claiming one name would otherwise silently shadow each other)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._entries[name] = entry
+        return entry
 
-        def decorate(cls: type[T]) -> type[T]:
-            if name in self._classes:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            cls.name = name  # type: ignore[attr-defined]
-            self._classes[name] = cls
-            return cls
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class decorator: `add` the class under `name` and set its `name` to it, so that the class
+        knows the name it is chosen by."""
+
+        def decorate(entry: T) -> T:
+            self.add(name, entry)
+            entry.name = name  # type: ignore[attr-defined]
+            return entry
 
         return decorate
 
     def names(self) -> list[str]:
-        return sorted(self._classes)
+        return sorted(self._entries)
 
-    def get(self, name: str) -> type[T]:
+    def get(self, name: str) -> T:
         try:
-            return self._classes[name]
+            return self._entries[name]
         except KeyError:
             raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
 

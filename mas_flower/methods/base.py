@@ -149,6 +149,6 @@ class Method(ABC):
         return Stage(phase, federations, rounds, schedule_start, self.settings.num_rounds, affinity_rounds)
 
 
-METHODS: Registry[Method] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method")
 #: Class decorator: make a method available as `method = "<name>"` in the run config.
 register_method = METHODS.register

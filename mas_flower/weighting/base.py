@@ -51,7 +51,7 @@ class Weighting(ABC):
         return dict.fromkeys(self.tasks, 1.0)
 
 
-WEIGHTINGS: Registry[Weighting] = Registry("weighting")
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting")
 #: Class decorator: make a weighting available as `get_weighting("<name>")`.
 register_weighting = WEIGHTINGS.register
 
