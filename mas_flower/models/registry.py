@@ -1,7 +1,9 @@
 """Model registry (timm-style): architectures register a builder by name; `build_model` looks it up.
 
 A builder takes `(tasks, seed=...)` and returns a `MultiTaskNet`; the registry also records the
-model's total stride so a bad image size is rejected before anything is built.
+model's total stride so a bad image size is rejected before anything is built. The names live in
+the project's one `Registry`; `mas_flower.models` imports every module of the package, so adding an
+architecture is adding a file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mas_flower.models.multitask import MultiTaskNet
+from mas_flower.registry import Registry
 from mas_flower.tasks import parse_tasks
 
 Builder = Callable[..., MultiTaskNet]
@@ -24,7 +27,7 @@ class ModelSpec:
     description: str
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(name: str | None = None, *, stride: int,
@@ -34,9 +37,7 @@ def register_model(name: str | None = None, *, stride: int,
 
     def wrap(fn: Builder) -> Builder:
         key = name or fn.__name__
-        if key in _REGISTRY:
-            raise ValueError(f"model {key!r} is already registered")
-        _REGISTRY[key] = ModelSpec(key, fn, stride, description or (fn.__doc__ or "").strip().split("\n")[0])
+        MODELS.add(key, ModelSpec(key, fn, stride, description or (fn.__doc__ or "").strip().split("\n")[0]))
         return fn
 
     return wrap
@@ -44,15 +45,11 @@ def register_model(name: str | None = None, *, stride: int,
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def get_spec(name: str) -> ModelSpec:
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def check_image_size(name: str, image_size: int) -> None:
@@ -78,8 +75,3 @@ def build_model(name: str, tasks: str, *, image_size: int = 256, seed: int | Non
     net = spec.builder(tasks, seed=seed)
     net.image_size = image_size
     return net
-
-
-def _load_builtin() -> None:
-    # Importing the architecture modules runs their @register_model decorators.
-    from mas_flower.models import resnet, tiny, xception  # noqa: F401
