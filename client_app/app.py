@@ -33,38 +33,36 @@ def cpu_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def federations(msg: Message) -> list[tuple[str, dict]]:
-    """(federation, its config merged over the message's shared config), in the message's order."""
-    shared = dict(msg.content[P.CONFIG])
-    return [(name, {**shared, **dict(msg.content[P.record_key(P.CONFIG, name)])})
+def federation_configs(msg: Message) -> list[tuple[str, ConfigRecord]]:
+    """(federation, its `config.<federation>` record), in the message's order."""
+    return [(name, msg.content[P.record_key(P.CONFIG, name)])
             for name in P.federations_in(msg.content.config_records.keys(), P.CONFIG)]
 
 
-def _network(msg: Message, name: str, config: dict) -> torch.nn.Module:
-    net = build_model(str(config["model"]), str(config["tasks"]), image_size=int(config["image-size"]))
+def _network(msg: Message, name: str, data: P.DataInstruction, tasks: str) -> torch.nn.Module:
+    net = build_model(data.model, tasks, image_size=data.image_size)
     arrays = wire.unpacked(msg.content[P.record_key(P.ARRAYS, name)], net.state_dict(), what=f"federation {name!r}")
     net.load_state_dict(arrays.to_torch_state_dict())
     return net
 
 
-def train_config(config: dict) -> TrainConfig:
-    """The library's TrainConfig from a federation's config; μ is Flower's `proximal-mu` key (0 if absent)."""
+def train_config(shared: P.TrainInstruction, mine: P.FederationTrain) -> TrainConfig:
+    """The library's TrainConfig from a train message's shared instruction and one federation's."""
     return TrainConfig(
-        lr=float(config["lr"]), epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
-        prox_mu=float(config.get(P.PROXIMAL_MU, 0.0)), weighting=str(config["weighting"]),
-        gradnorm_alpha=float(config["gradnorm-alpha"]), affinity_every=int(config["affinity-every"]),
-        affinity_mode=str(config["affinity-mode"]),
-        affinity_first_epoch_only=bool(config["affinity-first-epoch-only"]), seed=int(config["seed"]),
-        num_threads=cpu_threads(), precision=str(config.get("precision", "auto")),
+        lr=shared.lr, epochs=shared.local_epochs, batch_size=shared.batch_size, prox_mu=mine.proximal_mu,
+        weighting=mine.weighting, gradnorm_alpha=shared.gradnorm_alpha, affinity_every=mine.affinity_every,
+        affinity_mode=shared.affinity_mode, affinity_first_epoch_only=shared.affinity_first_epoch_only,
+        seed=mine.seed, num_threads=cpu_threads(), precision=shared.precision,
     )
 
 
-def _train_one(msg: Message, name: str, config: dict, context: Context) -> tuple[ArrayRecord, MetricRecord]:
-    net = _network(msg, name, config)
-    data = building_data(config, context)
-    cfg = train_config(config)
+def _train_one(msg: Message, shared: P.TrainInstruction, mine: P.FederationTrain, context: Context
+               ) -> tuple[ArrayRecord, MetricRecord]:
+    net = _network(msg, mine.federation, shared, mine.tasks)
+    data = building_data(shared, context)
+    cfg = train_config(shared, mine)
     # A learnt loss weighting (GradNorm) continues from this node's last round in this federation.
-    weighting, key = make_weighting(cfg, net.tasks), f"weighting-{config['federation']}"
+    weighting, key = make_weighting(cfg, net.tasks), f"weighting-{mine.federation}"
     if key in context.state.array_records:
         weighting.load_state_dict(context.state.array_records[key].to_torch_state_dict())
     result = train_local(net, data.split("train"), cfg, pick_device(), weighting=weighting)
@@ -84,16 +82,15 @@ def _train_one(msg: Message, name: str, config: dict, context: Context) -> tuple
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    shared = dict(msg.content[P.CONFIG])
+    shared = P.TrainInstruction.from_record(msg.content[P.CONFIG])
     meter = None
-    if bool(shared.get("measure-energy", False)):  # on its own machine: this node meters its training
-        meter = EnergyMeter(country=str(shared["energy-country"]) or None,
-                            intensity_g_per_kwh=float(shared["energy-intensity"]) or None,
-                            probe_cache=home() / "cache")
+    if shared.measure_energy:  # on its own machine: this node meters its training
+        meter = EnergyMeter(country=shared.energy_country or None,
+                            intensity_g_per_kwh=shared.energy_intensity or None, probe_cache=home() / "cache")
         meter.start()
     content = RecordDict()
-    for name, config in federations(msg):
-        arrays, metrics = _train_one(msg, name, config, context)
+    for name, config in federation_configs(msg):
+        arrays, metrics = _train_one(msg, shared, P.FederationTrain.from_record(config), context)
         content[P.record_key(P.ARRAYS, name)] = arrays
         content[P.record_key(P.METRICS, name)] = metrics
     node: dict = {}
@@ -107,16 +104,17 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_(msg: Message, context: Context) -> Message:
+    shared = P.EvaluateInstruction.from_record(msg.content[P.CONFIG])
     content = RecordDict()
-    for name, config in federations(msg):
-        net = _network(msg, name, config)
-        data = building_data(config, context)
-        sums = TaskMetrics(net.tasks) if bool(config.get(P.TASK_METRICS, False)) else None
-        split = data.split(str(config["split"]))
-        losses, n = evaluate(net, split, int(config["batch-size"]), pick_device(),
-                             precision=str(config.get("precision", "auto")), metrics=sums)
-        constants = {c: config[P.constant_key(c)] for c in net.tasks if P.constant_key(c) in config}
-        floor = evaluate_constants(split, constants, "".join(constants), int(config["batch-size"])) if constants else {}
+    for name, config in federation_configs(msg):
+        mine = P.FederationEvaluate.from_record(config)
+        net = _network(msg, name, shared, mine.tasks)
+        data = building_data(shared, context)
+        sums = TaskMetrics(net.tasks) if shared.task_metrics else None
+        split = data.split(shared.split)
+        losses, n = evaluate(net, split, shared.batch_size, pick_device(), precision=shared.precision, metrics=sums)
+        constants = mine.constants
+        floor = evaluate_constants(split, constants, "".join(constants), shared.batch_size) if constants else {}
         content[P.record_key(P.METRICS, name)] = MetricRecord(
             {P.NUM_EXAMPLES: n, **{P.loss_key(k): float(v) for k, v in losses.items()},
              **{P.constant_loss_key(k): float(v) for k, v in floor.items()},
@@ -126,15 +124,15 @@ def evaluate_(msg: Message, context: Context) -> Message:
 
 @app.query(P.INFO_QUERY)
 def info(msg: Message, context: Context) -> Message:
-    config = dict(msg.content[P.CONFIG])
-    building = node_building(config, context)
-    data = building_data(config, context, verify=True)
+    query = P.InfoQuery.from_record(msg.content[P.CONFIG])
+    building = node_building(query, context)
+    data = building_data(query, context, verify=True)
     sizes = data.sizes()
     labels = {}
-    if bool(config.get(P.LABEL_HISTOGRAM, False)) and sizes.get("train", 0) > 0:
+    if query.label_histogram and sizes.get("train", 0) > 0:
         # Counts only: no label leaves the node. Empty bins are left out (a ConfigRecord list may not be empty).
-        hist = histogram_of(data.split("train"), str(config["all-tasks"]))
+        hist = histogram_of(data.split("train"), query.all_tasks)
         labels = {k: v for k, v in hist.to_record().items() if v}
     reply = ConfigRecord({P.BUILDING: building, P.HOST: host_id(),
-                          **{f"size-{k}": int(v) for k, v in sizes.items()}, **labels})
+                          **{P.size_key(k): int(v) for k, v in sizes.items()}, **labels})
     return Message(content=RecordDict({P.CONFIG: reply}), reply_to=msg)

@@ -16,12 +16,13 @@ from flwr.app import Context
 
 from mas_flower.data import BuildingData, open_building
 from mas_flower.data.layout import scan_root_cached
+from mas_flower.protocol import DataInstruction
 from mas_flower.settings import home
 
 
-def data_root(config: dict, context: Context) -> Path:
-    root = context.node_config.get("data-root") or config["data-root"]
-    return Path(str(root))
+def data_root(data: DataInstruction, context: Context) -> Path:
+    """The node-config's `data-root` if the SuperNode names one, else the run's."""
+    return Path(str(context.node_config.get("data-root") or data.data_root))
 
 
 def root_buildings(root: Path) -> tuple[str, ...]:
@@ -30,7 +31,7 @@ def root_buildings(root: Path) -> tuple[str, ...]:
     return tuple(scan_root_cached(Path(root)).buildings)
 
 
-def node_building(config: dict, context: Context) -> str:
+def node_building(data: DataInstruction, context: Context) -> str:
     """The building of this node: its node-config's `building`, else the `partition-id`-th building of
     the data root (sorted names). ValueError if it has neither or the id is out of range."""
     node = context.node_config
@@ -38,19 +39,19 @@ def node_building(config: dict, context: Context) -> str:
         return str(node["building"])
     if "partition-id" not in node:
         raise ValueError("node-config has neither 'building' nor 'partition-id': cannot tell this node's data")
-    buildings = root_buildings(data_root(config, context))
+    buildings = root_buildings(data_root(data, context))
     pid = int(node["partition-id"])
     if not 0 <= pid < len(buildings):
-        raise ValueError(f"partition-id={pid} but {data_root(config, context)} has {len(buildings)} buildings")
+        raise ValueError(f"partition-id={pid} but {data_root(data, context)} has {len(buildings)} buildings")
     return buildings[pid]
 
 
-def building_data(config: dict, context: Context, *, verify: bool = False) -> BuildingData:
+def building_data(data: DataInstruction, context: Context, *, verify: bool = False) -> BuildingData:
     """This node's building. `verify` lists and stats every file (node discovery, once per run, does);
     otherwise the index verified in this run is taken back from disk (mas_flower.data.index_cache):
     a deployed node runs every message in a fresh process, and re-listing a big building cost each."""
-    return _open(str(data_root(config, context)), node_building(config, context), str(config["all-tasks"]),
-                 int(config["image-size"]), f"run-{context.run_id}", verify)
+    return _open(str(data_root(data, context)), node_building(data, context), data.all_tasks, data.image_size,
+                 f"run-{context.run_id}", verify)
 
 
 @lru_cache(maxsize=16)

@@ -39,7 +39,7 @@ def note(msg: Message, context: Context, kind: str, what: object) -> None:
     """Append `<kind> <what> <building>` to the file MAS_FLOWER_TEST_RECORD names (nothing if unset)."""
     path = os.environ.get("MAS_FLOWER_TEST_RECORD")
     if path:
-        building = node_building(dict(msg.content[P.CONFIG]), context)
+        building = node_building(P.DataInstruction.from_record(msg.content[P.CONFIG]), context)
         with open(path, "a", encoding="utf-8") as f:  # one short append per line: whole lines
             f.write(f"{kind} {what} {building}\n")
 

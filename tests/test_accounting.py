@@ -65,19 +65,6 @@ def test_the_live_file_skips_a_torn_last_line(tmp_path) -> None:
                                     "comm_mb_down_so_far": 0.0, "comm_mb_up_so_far": 0.0, "comm_mb_so_far": 0.0}]
 
 
-def test_a_checkpointed_ledger_from_before_the_accounts_resumes_with_empty_books() -> None:
-    import pickle
-
-    from mas_flower.strategy.run import Ledger
-
-    old = Ledger(client_train_seconds=2.0)
-    del old.accounts  # as pickled before the field existed
-    restored = pickle.loads(pickle.dumps(old))
-    assert restored.client_train_seconds == 2.0 and restored.accounts == Accounts()
-    kept = pickle.loads(pickle.dumps(Ledger(accounts=Accounts(bytes_up=5))))
-    assert kept.accounts.bytes_up == 5
-
-
 # book_train / book_eval on hand-made per-sample figures ---------------------------------------------
 
 #: Per-sample FLOPs, all different, so that a dropped or swapped factor changes every total:

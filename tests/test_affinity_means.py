@@ -8,7 +8,7 @@ from flwr.app import Message, Metadata, MetricRecord, RecordDict
 
 from mas_flower import protocol as P
 from mas_flower.affinity import AffinityAccumulator
-from mas_flower.strategy.federations import _affinity
+from mas_flower.strategy.replies import affinity_mean
 
 
 def test_a_clients_mean_keeps_each_direction_in_its_cell() -> None:
@@ -34,11 +34,11 @@ def test_the_server_weights_row_major_matrices_by_lookahead_counts() -> None:
                Message(content=RecordDict({P.METRICS: MetricRecord({P.NUM_EXAMPLES: 7})}),
                        metadata=_reply(1, []).metadata)]
     # A[0→1] = (3·0.4 + 1·0.8) / 4 = 0.5; A[1→0] = (3·0.1 − 1·0.3) / 4 = 0 (unweighted: 0.6 and −0.1)
-    np.testing.assert_allclose(_affinity(replies, 2), [[0.0, 0.5], [0.0, 0.0]], atol=1e-12)
-    assert _affinity(replies[2:], 2) is None
+    np.testing.assert_allclose(affinity_mean(replies, 2), [[0.0, 0.5], [0.0, 0.0]], atol=1e-12)
+    assert affinity_mean(replies[2:], 2) is None
 
 
 def test_the_server_reads_a_three_task_matrix_row_by_row() -> None:
     flat = [0.0, 1.0, 2.0, 3.0, 0.0, 5.0, 6.0, 7.0, 0.0]  # A[0→2] = 2, A[2→0] = 6
-    matrix = _affinity([_reply(2, flat)], 3)
+    matrix = affinity_mean([_reply(2, flat)], 3)
     np.testing.assert_array_equal(matrix, [[0, 1, 2], [3, 0, 5], [6, 7, 0]])

@@ -85,14 +85,14 @@ class _NoNodes:
 
 
 def test_deployment_waits_for_nodes_logging_every_15_s(caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
-    from mas_flower.strategy import nodes
+    from mas_flower.strategy import roster
 
-    assert 10 <= nodes.LOG_EVERY <= 30
-    monkeypatch.setattr(nodes, "LOG_EVERY", 1.0)  # same cadence logic, scaled down 15x
+    assert 10 <= roster.LOG_EVERY <= 30
+    monkeypatch.setattr(roster, "LOG_EVERY", 1.0)  # same cadence logic, scaled down 15x
     caplog.set_level(logging.INFO, logger="flwr")
     t0 = time.monotonic()
     with pytest.raises(ValueError, match=r"clients-per-round=2 but only 0 nodes are connected after node-timeout=3"):
-        nodes.wait_for_nodes(_NoNodes(), need=2, timeout=3.0)
+        roster.wait_for_nodes(_NoNodes(), need=2, timeout=3.0)
     assert 3.0 <= time.monotonic() - t0 < 6
     waits = [r for r in caplog.records if "waiting for nodes" in r.getMessage()]
     assert 3 <= len(waits) <= 4  # at 0, 1, 2 (and maybe 3) s: not one per poll
@@ -100,7 +100,7 @@ def test_deployment_waits_for_nodes_logging_every_15_s(caplog: pytest.LogCapture
 
 def test_failed_first_round_does_not_promise_a_checkpoint(monkeypatch, private_homes, tiny_federation: Path,
                                                           tmp_path: Path) -> None:
-    from mas_flower.strategy.run import RoundFailed
+    from mas_flower.strategy.roster import RoundFailed
     from tests.test_faults import run_faulty
 
     with pytest.raises(RoundFailed, match=r"(?s)round 1: .*before any checkpoint was written") as err:

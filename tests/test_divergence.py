@@ -237,7 +237,7 @@ def test_a_network_with_a_non_finite_loss_on_every_node_stops_as_diverged() -> N
     from mas_flower.defaults import load_settings
     from mas_flower.methods import FederationSpec, Stage
     from mas_flower.strategy import ParallelFederations
-    from mas_flower.strategy.run import RoundFailed
+    from mas_flower.strategy.roster import RoundFailed
 
     s = load_settings({}, {"task-set": "sd", "clients-per-round": 2})
     strategy = ParallelFederations(Stage("merge", [FederationSpec("all", "sd")], rounds=1, schedule_total=1), s,
@@ -259,7 +259,7 @@ def test_a_network_with_a_non_finite_loss_on_every_node_stops_as_diverged() -> N
     with pytest.raises(RoundFailed, match="no node evaluated federation 'all' on val"):  # one impossible, not NaN
         strategy.aggregate_evaluate(3, replies(float("nan"), -1.0))
     metrics = strategy.aggregate_evaluate(3, replies(float("nan"), 2.0))  # b alone still evaluates it
-    assert strategy.covered == {"all": ["b"]} and metrics["all/loss-d"] == 2.0
+    assert strategy.evaluation.covered == {"all": ["b"]} and metrics["all/loss-d"] == 2.0
 
 
 def test_local_training_that_diverges_on_every_node_stops_as_diverged(monkeypatch, private_homes,

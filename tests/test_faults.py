@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mas_flower.strategy.run import RoundFailed
+from mas_flower.strategy.roster import RoundFailed
 
 BASE = {"method": "mas", "task-set": "sdk", "splits": 2, "num-rounds": 3, "merge-rounds": 2, "affinity-rounds": 1,
         "affinity-every": 2, "batch-size": 4, "image-size": 32}

@@ -25,7 +25,7 @@ from mas_flower.defaults import load_settings
 from mas_flower.methods import FederationSpec, Stage, StageOutcome, build_method
 from mas_flower.models import build_model
 from mas_flower.strategy import ParallelFederations
-from mas_flower.strategy.federations import split_arrays
+from mas_flower.strategy.parallel import join_arrays, split_arrays
 
 #: node id -> (building, num-examples, affinity value, lookahead count, value of the array `w`).
 NODES = {11: ("a", 10, 0.1, 5, 1.0), 22: ("b", 30, 0.2, 3, 4.0), 33: ("c", 60, 0.4, 1, 10.0)}
@@ -102,12 +102,12 @@ def test_fedavg_weights_replies_by_their_examples(merged_round) -> None:
 def test_server_weights_client_affinities_by_their_lookahead_counts(merged_round) -> None:
     strategy, _, _ = merged_round
     # (5·0.1 + 3·0.2 + 1·0.4) / 9 = 1.5 / 9 (unweighted: 0.2333; weighted by examples: 0.31)
-    matrix = np.array(strategy.record["federations"]["all"]["affinity"])
+    matrix = np.array(strategy.attempt.record.federations["all"].affinity)
     np.testing.assert_allclose(matrix, np.full((2, 2), 1.5 / 9), rtol=1e-9)
 
 
 def test_split_stage_continues_the_lr_schedule(in_a_run) -> None:
-    from mas_flower.strategy.federations import fresh_state
+    from mas_flower.strategy.parallel import fresh_state
 
     s = settings(method="mas", task_set="sd", splits=2, num_rounds=10, merge_rounds=6, affinity_rounds=1, lr=0.1,
                  clients_per_round=3, image_size=32)
@@ -118,7 +118,8 @@ def test_split_stage_continues_the_lr_schedule(in_a_run) -> None:
     split = method.next_stage(outcome)
     strategy = ParallelFederations(split, s, "fedavg")
     strategy.roster.nodes = {nid: building for nid, (building, *_) in NODES.items()}
-    sent = list(strategy.configure_train(split.schedule_start + 1, strategy.initial_arrays(), ConfigRecord(), None))
+    arrays = join_arrays(strategy.initial_networks())
+    sent = list(strategy.configure_train(split.schedule_start + 1, arrays, ConfigRecord(), None))
     # Round R0 + 1 = 7 of R = 10: lr·(1 − R0/R)^0.9 = 0.1 · 0.4^0.9 (a restarted schedule would send 0.1).
     assert [float(m.content[P.CONFIG]["lr"]) for m in sent] == pytest.approx([0.043838329055408694] * 3, rel=1e-12)
     assert {int(m.content[P.record_key(P.CONFIG, "s")]["server-round"]) for m in sent} == {7}
@@ -132,7 +133,7 @@ def client_round(tiny_federation: Path, context: Context, spec: FederationSpec, 
     stage = Stage("all-in-one", [spec], rounds=1, schedule_total=1)
     strategy = ParallelFederations(stage, s, aggregator)
     strategy.roster.nodes = {context.node_id: "ignored: the node's partition-id says"}
-    (msg,) = strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), None)
+    (msg,) = strategy.configure_train(1, join_arrays(strategy.initial_networks()), ConfigRecord(), None)
     return msg, client.train(msg, context)
 
 
@@ -154,15 +155,19 @@ def test_client_keeps_gradnorm_weights_between_rounds(in_a_run, one_thread, priv
     assert not torch.equal(w, seeded["w"])  # and the new weights were saved for the next round
 
 
+def train_config(msg: Message):
+    """The client's TrainConfig for federation `all` of a train message, as the ClientApp reads it."""
+    return client.train_config(P.TrainInstruction.from_record(msg.content[P.CONFIG]),
+                               P.FederationTrain.from_record(msg.content[P.record_key(P.CONFIG, "all")]))
+
+
 def test_client_honours_the_proximal_mu_it_is_sent(in_a_run, one_thread, private_homes,
                                                    tiny_federation: Path) -> None:
     msg, _ = client_round(tiny_federation, node_context(), FederationSpec("all", "sd", prox_mu=0.25))
-    config = {**dict(msg.content[P.CONFIG]), **dict(msg.content[P.record_key(P.CONFIG, "all")])}
-    assert client.train_config(config).prox_mu == 0.25
+    assert train_config(msg).prox_mu == 0.25
     # Flower's own FedProx sends its μ under the same key, and the client uses it.
     msg, _ = client_round(tiny_federation, node_context(), FederationSpec("all", "sd"), "fedprox", fedprox_mu=0.5)
-    config = {**dict(msg.content[P.CONFIG]), **dict(msg.content[P.record_key(P.CONFIG, "all")])}
-    assert config[P.PROXIMAL_MU] == 0.5 and client.train_config(config).prox_mu == 0.5
+    assert msg.content[P.record_key(P.CONFIG, "all")][P.PROXIMAL_MU] == 0.5 and train_config(msg).prox_mu == 0.5
 
     def moved(mu: float) -> float:
         """How far one round moves the trained parameters (not BN statistics) from what the server sent."""
@@ -198,7 +203,7 @@ def test_one_message_per_node_carries_every_federation_and_replies_go_to_their_o
                                                        **{P.loss_key(t): 1.0 for t in tasks}})
         replies.append(Message(content, reply_to=msg))
     new, _ = strategy.aggregate_train(1, replies)
-    failed = strategy.record["failed"]
+    failed = strategy.attempt.record.failed
     assert len(failed) == 1 and "(k): array 'w' holds NaN" in failed[0]
     # Each federation's own FedAdam moved its own network: from the mean of its accepted replies.
     assert strategy.strategies["sd"] is not strategy.strategies["k"]

@@ -12,8 +12,7 @@ from flwr.common.logger import FLOWER_LOGGER
 from mas_flower import heartbeat as hb
 from mas_flower.defaults import load_settings
 from mas_flower.prepare import prepare_data
-from mas_flower.strategy import membership
-from mas_flower.strategy.run import NodeRoster
+from mas_flower.strategy.roster import NodeRoster
 from mas_flower.synthetic import generate_dataset
 from tests.test_log_lines import Lines
 from tests.test_membership_rules import ScriptedGrid, in_a_run  # noqa: F401 (in_a_run: an autouse fixture)
@@ -94,7 +93,7 @@ def test_waiting_for_the_nodes_first_answers_logs_a_heartbeat(monkeypatch) -> No
     handler = Lines()
     FLOWER_LOGGER.addHandler(handler)
     try:
-        infos, errors = membership.query_info(NodeRoster(settings), grid, [1, 2, 3], timeout=5.0)
+        infos, errors = NodeRoster(settings).query_info(grid, [1, 2, 3], timeout=5.0)
     finally:
         FLOWER_LOGGER.removeHandler(handler)
     assert sorted(i["building"] for i in infos.values()) == ["a", "b", "c"] and not errors

@@ -13,6 +13,7 @@ from flwr.app import Context, RecordDict
 import mas_flower.data.dataset as dataset
 from client_app import node
 from mas_flower.data import DataError, clear_memory_cache, list_buildings, open_building
+from mas_flower.protocol import DataInstruction
 
 TASKS = "sdn"
 
@@ -97,7 +98,7 @@ def test_without_a_token_or_a_cache_folder_no_index_is_written(federation: Path,
 
 def test_the_clientapp_verifies_at_discovery_and_reuses_in_the_run(federation: Path, private_homes,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    config = {"data-root": str(federation), "all-tasks": TASKS, "image-size": 16}
+    config = DataInstruction(data_root=str(federation), all_tasks=TASKS, image_size=16, model="tiny")
 
     def context(run_id: int) -> Context:
         return Context(run_id=run_id, node_id=1, node_config={"partition-id": 0}, state=RecordDict(),

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from mas_flower.data import list_buildings
-from mas_flower.strategy.membership import CoverageError
+from mas_flower.strategy.roster import CoverageError
 from tests.test_faults import BASE, run_faulty
 
 

@@ -15,9 +15,7 @@ from flwr.serverapp import Grid
 from mas_flower import protocol as P
 from mas_flower.defaults import load_settings
 from mas_flower.energy import host_id
-from mas_flower.strategy import membership
-from mas_flower.strategy.membership import CoverageError, check_test_coverage
-from mas_flower.strategy.run import NodeRoster, RoundFailed
+from mas_flower.strategy.roster import CoverageError, NodeRoster, RoundFailed
 
 
 class ScriptedGrid(Grid):
@@ -88,7 +86,7 @@ def test_a_restarted_node_is_used_under_its_new_id_and_its_old_id_never_again() 
     roster = roster_on(grid)
     del grid.nodes[2]
     grid.nodes[7] = "b"  # b restarted: Flower no longer lists id 2, and lists 7
-    membership.refresh(roster, grid, 2)
+    roster.refresh(grid, 2)
     assert roster.nodes == {1: "a", 3: "c", 7: "b"}
     assert {n for _ in range(20) for n in roster.sample()} == {1, 3, 7}
 
@@ -97,28 +95,28 @@ def test_a_new_id_for_a_building_waits_until_the_old_id_fails_then_replaces_it()
     grid = ScriptedGrid({1: "a", 2: "b", 3: "c"})
     roster = roster_on(grid)
     grid.nodes[8] = "a"  # a restarted, but Flower still lists its old id 1 (its heartbeat has not expired)
-    membership.refresh(roster, grid, 2)
+    roster.refresh(grid, 2)
     assert roster.nodes == {1: "a", 2: "b", 3: "c"} and 8 in roster.standby
-    membership.record_exchange(roster, [1, 2], failed={1}, unavailable=set(), server_round=2)
-    membership.refresh(roster, grid, 3)
+    roster.record_exchange([1, 2], failed={1}, unavailable=set(), server_round=2)
+    roster.refresh(grid, 3)
     assert roster.nodes == {8: "a", 2: "b", 3: "c"} and 1 in roster.gone
 
 
 def test_an_unavailable_node_is_dropped_and_its_building_lost_after_n_rounds() -> None:
     grid = ScriptedGrid({1: "a", 2: "b", 3: "c"})
     roster = roster_on(grid, **{"lost-after": 2})
-    membership.record_exchange(roster, [2, 3], failed={3}, unavailable={3}, server_round=1)
+    roster.record_exchange([2, 3], failed={3}, unavailable={3}, server_round=1)
     assert roster.nodes == {1: "a", 2: "b"} and 3 in roster.gone  # "Node Unavailable": never sampled again
-    membership.refresh(roster, grid, 2)  # Flower still lists 3: it is not asked again
+    roster.refresh(grid, 2)  # Flower still lists 3: it is not asked again
     assert roster.lost == {"c": {"round": 2, "failed_in_a_row": 2}}
     with pytest.raises(CoverageError, match=r"covered 2 of the 3 buildings holding test data: missing c \(lost in "
                                             r"round 2\)"):
-        check_test_coverage(roster, {"all": ["a", "b"]})
+        roster.check_test_coverage({"all": ["a", "b"]})
     any_ = roster_on(grid, **{"test-coverage": "any"})
     any_.lost = dict(roster.lost)
-    assert check_test_coverage(any_, {"all": ["a", "b"]})["test_missing"] == ["c"]
+    assert any_.check_test_coverage({"all": ["a", "b"]})["test_missing"] == ["c"]
     del grid.nodes[2]
-    membership.refresh(roster, grid, 3)
+    roster.refresh(grid, 3)
     with pytest.raises(RoundFailed, match=r"clients-per-round=2 but only 1 nodes are left \(a\); lost: c"):
         roster.sample()
 
@@ -132,19 +130,19 @@ def test_a_building_whose_test_split_is_empty_holds_no_test_data() -> None:
     grid = ScriptedGrid({1: "a", 2: "b", 3: "c"}, test_sizes={2: 0, 3: 1})  # b has no test views; c has one
     roster = roster_on(grid)
     assert roster.test_buildings == {"a", "c"}
-    assert check_test_coverage(roster, {"all": ["a", "c"]})["test_missing"] == []  # b is not required
-    membership.admit(roster, {9: {"building": "z", "remote": False, "sizes": {"train": 3}}})  # no test split
+    assert roster.check_test_coverage({"all": ["a", "c"]})["test_missing"] == []  # b is not required
+    roster.admit({9: {"building": "z", "remote": False, "sizes": {"train": 3}}})  # no test split
     assert roster.test_buildings == {"a", "c"} and roster.nodes[9] == "z"
 
 
 def test_a_successful_exchange_resets_the_failures_in_a_row() -> None:
     grid = ScriptedGrid({1: "a", 2: "b", 3: "c"})
     roster = roster_on(grid, **{"lost-after": 2})
-    membership.record_exchange(roster, [1, 2], failed={1, 2}, unavailable=set(), server_round=1)
+    roster.record_exchange([1, 2], failed={1, 2}, unavailable=set(), server_round=1)
     assert roster.failures == {"a": 1, "b": 1, "c": 0}
-    membership.record_exchange(roster, [1, 3], failed={3}, unavailable=set(), server_round=2)
+    roster.record_exchange([1, 3], failed={3}, unavailable=set(), server_round=2)
     assert roster.failures == {"a": 0, "b": 1, "c": 1}  # a succeeded: back to 0; b was not sampled: kept
-    membership.record_exchange(roster, [1, 2], failed={1, 2}, unavailable=set(), server_round=3)
+    roster.record_exchange([1, 2], failed={1, 2}, unavailable=set(), server_round=3)
     # a: fail, success, fail = 1 in a row, under lost-after=2; b: fail, (not sampled), fail = 2: lost
     assert roster.failures == {"a": 1, "b": 2, "c": 1}
     assert roster.lost == {"b": {"round": 3, "failed_in_a_row": 2}} and roster.nodes == {1: "a", 3: "c"}
@@ -154,8 +152,8 @@ def test_a_building_one_federation_missed_is_missing_after_a_split() -> None:
     grid = ScriptedGrid({1: "a", 2: "b", 3: "c"})
     covered = {"sd": ["a", "b", "c"], "k": ["a", "c"]}  # the k group's test missed b; sd's covered it
     with pytest.raises(CoverageError, match=r"covered 2 of the 3 buildings holding test data: missing b"):
-        check_test_coverage(roster_on(grid), covered, {"b": "reply timed out"})
-    summary = check_test_coverage(roster_on(grid, **{"test-coverage": "any"}), covered)
+        roster_on(grid).check_test_coverage(covered, {"b": "reply timed out"})
+    summary = roster_on(grid, **{"test-coverage": "any"}).check_test_coverage(covered)
     assert summary["test_missing"] == ["b"] and summary["test_buildings"] == covered
     with pytest.raises(CoverageError):  # any: still every federation must cover one building
-        check_test_coverage(roster_on(grid, **{"test-coverage": "any"}), {"sd": ["a"], "k": []})
+        roster_on(grid, **{"test-coverage": "any"}).check_test_coverage({"sd": ["a"], "k": []})

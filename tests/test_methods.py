@@ -102,7 +102,7 @@ def test_baseline_runs_end_to_end(method: str, private_homes, tiny_federation: P
     ("restart", [0.1, 0.1 * (1 - 1 / 2) ** 0.9]),  # restarted at lr over R − R0 = 2 rounds
 ])
 def test_mas_split_schedule(schedule: str, expected: list[float]) -> None:
-    from mas_flower.strategy.federations import ParallelFederations
+    from mas_flower.strategy.parallel import ParallelFederations
 
     method = build_method(settings(task_set="sdk", num_rounds=4, merge_rounds=2, affinity_rounds=1,
                                    split_schedule=schedule, lr=0.1))

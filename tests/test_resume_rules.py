@@ -161,7 +161,7 @@ def test_a_checkpoint_naming_a_module_that_is_gone_names_its_writer(tmp_path: Pa
     monkeypatch.syspath_prepend(str(package))
     import old_runner  # noqa: PLC0415 - a module made for this test
 
-    run_dir = _write(tmp_path, {"format": CHECKPOINT_FORMAT, "app_version": "0.0.9", "config": {},
+    run_dir = _write(tmp_path, {"format": 2, "app_version": "0.0.9", "config": {},
                                 "progress": old_runner.Progress(3)})
     monkeypatch.delitem(sys.modules, "old_runner")
     (package / "old_runner.py").unlink()

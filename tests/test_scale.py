@@ -19,7 +19,8 @@ from client_app import node as node_mod
 from mas_flower.data import DataError
 from mas_flower.data import layout as layout_mod
 from mas_flower.data.prepare import index_building
-from mas_flower.strategy.run import NAMED_BUILDINGS, federation_line
+from mas_flower.protocol import DataInstruction
+from mas_flower.strategy.roster import NAMED_BUILDINGS, federation_line
 from mas_flower.synthetic import generate_dataset
 from mas_flower.synthetic import writer as writer_mod
 from mas_flower.synthetic.names import building_names
@@ -116,7 +117,7 @@ def test_buildings_listed_once_and_again_after_a_change(tmp_path: Path) -> None:
     root = tmp_path / "synthetic"
     generate_dataset(root, buildings=2, views=1, size=16, seed=0)
     names = building_names(2)
-    config = {"data-root": str(root)}
+    config = DataInstruction(data_root=str(root), all_tasks="sd", image_size=16, model="tiny")
     assert [node_mod.node_building(config, _context(p)) for p in (1, 0)] == [sorted(names)[1], sorted(names)[0]]
     first = layout_mod.scan_root_cached(root)
     assert layout_mod.scan_root_cached(root) is first  # the cached layout: no listing

@@ -18,7 +18,7 @@ from mas_flower.methods import FederationSpec, Stage, build_method
 from mas_flower.strategy import MethodStrategy, ParallelFederations
 from mas_flower.strategy.checkpoint import load_checkpoint
 from mas_flower.strategy.method import validation_note
-from mas_flower.strategy.run import NodeRoster, validation_priority
+from mas_flower.strategy.roster import NodeRoster, validation_priority
 from server_app.app import preflight
 from tests.test_federated_arithmetic import in_a_run  # noqa: F401 (a fixture)
 from tests.test_resume_rules import killed_run  # noqa: F401 (a fixture)
@@ -97,15 +97,15 @@ def test_validation_goes_to_the_sample_and_the_test_to_every_node() -> None:
         sent = list(strategy.configure_evaluate(1, ARRAYS, ConfigRecord({"split": "val"}), None))
         assert [m.metadata.dst_node_id for m in sent] == [40, 10]  # b, e
         strategy.aggregate_evaluate(1, _answer(sent))
-        assert strategy.validation_record("all") == {"val_nodes": 2, "val_of": 5, "val_estimate": True}
+        assert strategy.evaluation.validation_record("all") == {"val_nodes": 2, "val_of": 5, "val_estimate": True}
     strategy.aggregate_evaluate(1, _answer(sent, skip="e"))  # e's reply is missing: named
-    assert strategy.validation_record("all") == {"val_nodes": 1, "val_of": 5, "val_estimate": True,
+    assert strategy.evaluation.validation_record("all") == {"val_nodes": 1, "val_of": 5, "val_estimate": True,
                                                  "val_missing": ["e"]}
     test = list(strategy.configure_evaluate(1, ARRAYS, ConfigRecord({"split": "test"}), None))
     assert [m.metadata.dst_node_id for m in test] == [20, 40, 50, 30, 10]  # every node, in building order
     strategy.aggregate_evaluate(1, _answer(test))
-    assert strategy.covered == {"all": ["a", "b", "c", "d", "e"]}
-    assert strategy.validation_record("all") == {"val_nodes": 5, "val_of": 5, "val_estimate": False}
+    assert strategy.evaluation.covered == {"all": ["a", "b", "c", "d", "e"]}
+    assert strategy.evaluation.validation_record("all") == {"val_nodes": 5, "val_of": 5, "val_estimate": False}
 
 
 @pytest.mark.usefixtures("in_a_run")
@@ -114,7 +114,7 @@ def test_every_node_validates_with_zero_and_nothing_is_an_estimate() -> None:
     sent = list(strategy.configure_evaluate(1, ARRAYS, ConfigRecord({"split": "val"}), None))
     assert [m.metadata.dst_node_id for m in sent] == [20, 40, 50, 30, 10]
     strategy.aggregate_evaluate(1, _answer(sent))
-    assert strategy.validation_record("all") == {"val_nodes": 5, "val_of": 5, "val_estimate": False}
+    assert strategy.evaluation.validation_record("all") == {"val_nodes": 5, "val_of": 5, "val_estimate": False}
 
 
 def test_the_round_line_says_how_many_nodes_an_estimate_is_over() -> None:

@@ -80,7 +80,7 @@ def test_the_server_packs_what_it_sends_and_rejects_a_reply_packed_for_another_n
         new, _ = strategy.aggregate_train(1, replies)
     finally:
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = before
-    (failed,) = strategy.record["failed"]
+    (failed,) = strategy.attempt.record.failed
     assert "(k): federation 'k': packed for another network" in failed
     np.testing.assert_array_equal(new["sd/w"].numpy(), np.full((2, 2), 1.5, np.float32))  # both replies
     np.testing.assert_array_equal(new["k/w"].numpy(), np.full(3, 5.0, np.float32))  # node 1's only

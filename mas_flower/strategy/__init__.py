@@ -15,10 +15,10 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "ParallelFederations": "mas_flower.strategy.federations",
+    "ParallelFederations": "mas_flower.strategy.parallel",
     "MethodStrategy": "mas_flower.strategy.method",
-    "RoundFailed": "mas_flower.strategy.run",
-    "CoverageError": "mas_flower.strategy.membership",
+    "RoundFailed": "mas_flower.strategy.roster",
+    "CoverageError": "mas_flower.strategy.roster",
     "DivergedError": "mas_flower.strategy.divergence",
     "server_strategy": "mas_flower.strategy.aggregators",
     "SERVER_STRATEGIES": "mas_flower.strategy.aggregators",

@@ -23,11 +23,12 @@ from mas_flower.settings import Settings
 CHECKPOINT_FILE = "checkpoint.pt"
 
 #: The layout of the checkpoint this version writes. 1 (never written as a number): the payload of
-#: before formats were recorded; 2: the same keys plus `format` and `app_version`.
-CHECKPOINT_FORMAT = 2
+#: before formats were recorded; 2: the same keys plus `format` and `app_version`; 3: the same keys, with
+#: the ledger and progress pickled from their own modules (`strategy.ledger`, `strategy.method`).
+CHECKPOINT_FORMAT = 3
 
-#: The formats this version can resume from.
-READABLE_FORMATS: tuple[int, ...] = (2,)
+#: The formats this version can resume from (a format-2 checkpoint names modules that are gone).
+READABLE_FORMATS: tuple[int, ...] = (3,)
 
 RESUME_MAY_CHANGE: dict[str, str] = {
     "reply-timeout": "how long a round waits for replies: the replies that come are the same",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,33 @@ from mas_flower.constant import LOW_SKILL, skills
 from mas_flower.energy import EnergyMeter
 from mas_flower.live import append_live
 from mas_flower.methods import Method, StageOutcome
+from mas_flower.methods.base import Stage, State
 from mas_flower.settings import home
 from mas_flower.strategy.aggregators import StrategyFactory, server_hyperparameters
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from mas_flower.strategy.divergence import DivergedError
-from mas_flower.strategy.federations import ParallelFederations, initial_states, join_arrays, split_arrays
-from mas_flower.strategy.membership import check_test_coverage
-from mas_flower.strategy.run import Ledger, NodeRoster, Progress, RoundFailed
+from mas_flower.strategy.ledger import Ledger
+from mas_flower.strategy.parallel import Networks, ParallelFederations, initial_states
+from mas_flower.strategy.roster import NodeRoster, RoundFailed
+
+
+@dataclass
+class Progress:
+    """Where the run is: enough, with the ledger, to continue it exactly after a crash (checkpointed)."""
+
+    stage: Stage
+    states: dict[str, State]
+    next_round: int = 0  # index within the stage
+    affinity_rounds: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    #: Every federation's Flower strategy, with its state (server-optimiser moments, momentum).
+    strategies: dict[str, Any] = field(default_factory=dict)
+    #: Per federation and affinity round, every client's report (`mas_flower.splitting.stability`).
+    affinity_reports: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def _networks(states: dict[str, State]) -> Networks:
+    """Checkpointed torch state dicts as the stage's networks."""
+    return {name: ArrayRecord(state) for name, state in states.items()}
 
 
 class MethodStrategy(Strategy):
@@ -69,7 +90,7 @@ class MethodStrategy(Strategy):
         self.current: ParallelFederations | None = None
         self.outcome: StageOutcome | None = None
         self.test_loss: dict[str, float] = {}
-        self.coverage: dict[str, Any] = {}  # which buildings the test covered (`membership.check_test_coverage`)
+        self.coverage: dict[str, Any] = {}  # which buildings the test covered (`NodeRoster.check_test_coverage`)
         self.meter: EnergyMeter | None = None
         self.test_metrics: dict[str, dict[str, float]] = {}
         self.test_constant_loss: dict[str, float] = {}
@@ -194,7 +215,7 @@ class MethodStrategy(Strategy):
                 self.progress.next_round + 1, self.progress.stage.rounds)
         while True:
             self.current = self._driver(self.progress)
-            result = self.current.start(grid, join_arrays(self.progress.states), first_round=self.progress.next_round)
+            result = self.current.run(grid, _networks(self.progress.states), first_round=self.progress.next_round)
             outcome = self._outcome(grid, self.progress)
             self.outcomes.append(outcome)
             stage = self.method.next_stage(outcome)
@@ -204,10 +225,12 @@ class MethodStrategy(Strategy):
             self.checkpoint()
         self.outcome = outcome
         serving = self.method.serving(outcome)
-        test = self.current.evaluate(grid, self.settings.num_rounds, result.arrays, "test")
-        self.coverage = check_test_coverage(self.roster, self.current.covered, self.current.uncovered)
+        test = self.current.evaluate(grid, self.settings.num_rounds, self.current.networks, "test")
+        evaluation = self.current.evaluation
+        assert evaluation is not None
+        self.coverage = self.roster.check_test_coverage(evaluation.covered, evaluation.uncovered)
         self.test_loss = {letter: test[name][letter] for letter, name in serving.items()}
-        floor = self.current.constant_losses
+        floor = evaluation.constant_losses
         self.test_constant_loss = {letter: floor[name][letter] for letter, name in serving.items() if name in floor}
         self.test_skill = skills(self.test_loss, self.test_constant_loss)
         for letter, value in self.test_skill.items():
@@ -217,7 +240,7 @@ class MethodStrategy(Strategy):
                     "raise lr before reading comparisons from this run", letter, serving[letter], value,
                     LOW_SKILL, self.test_loss[letter], self.test_constant_loss[letter])
         self.method.tested(test)
-        sums = self.current.task_metrics
+        sums = evaluation.task_metrics
         self.test_metrics = {letter: sums[name].compute()[letter] for letter, name in serving.items() if name in sums}
         self._count_wall_time()
         return result
@@ -231,12 +254,12 @@ class MethodStrategy(Strategy):
             outcome.val_losses = {k: e["val_loss"] for k, e in self.ledger.history[-1]["federations"].items()}
         else:
             outcome.val_losses = dict(self._driver(progress).evaluate(
-                grid, stage.schedule_start, join_arrays(progress.states), "val"))
+                grid, stage.schedule_start, _networks(progress.states), "val"))
         return outcome
 
     def _after_round(self, driver: ParallelFederations) -> None:
         assert self.progress is not None
-        self.progress.states = {n: r.to_torch_state_dict() for n, r in split_arrays(driver.arrays).items()}
+        self.progress.states = {n: r.to_torch_state_dict() for n, r in driver.networks.items()}
         self.progress.next_round += 1
         self.rounds_this_session += 1
         self._bank_energy(restart=True)

@@ -13,8 +13,8 @@ from flwr.common.logger import log
 from mas_flower.energy import carbontracker_version
 from mas_flower.results import RESULTS_FILE, affinity_payload, save_torch, write_json
 from mas_flower.strategy.divergence import diverged_networks
+from mas_flower.strategy.ledger import Ledger
 from mas_flower.strategy.method import MethodStrategy
-from mas_flower.strategy.run import Ledger
 
 
 def energy_summary(ledger: Ledger, remote_nodes: int) -> dict[str, Any]:

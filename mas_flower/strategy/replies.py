@@ -1,15 +1,24 @@
-"""Checks on client replies: a reply that is broken, non-finite or impossible is never aggregated.
+"""Client replies: one federation's view of a node's reply, the checks that keep a broken, non-finite or
+impossible reply from being aggregated, and what the accepted replies say (losses, affinity, floors).
 
+A node answers once for every federation its message carried (`mas_flower.protocol`); `screen` cuts out
+one federation's part, shaped as a Flower strategy expects a reply, and says why it must not be used.
 Each check returns the reason a reply is rejected, or None when it is fine, so the round can log
 exactly which node sent what.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from mas_flower import protocol as P
+from mas_flower import wire
+from mas_flower.splitting.stability import AffinityReport
 
 #: In every reason given for a non-finite number (`non_finite`).
 NON_FINITE = "NaN or Inf"
@@ -75,3 +84,75 @@ def _check_counts_and_losses(metrics, tasks: str) -> str | None:
         if not isinstance(value, (int, float)) or value < 0:
             return f"loss of task {t!r} is {value!r}"
     return None
+
+
+def screen(reply: Message | None, federation: str, reject: Callable[[Message], str | None], *,
+           sent: ArrayRecord | None = None) -> tuple[Message | None, str | None]:
+    """A node's reply cut to one federation (`view`) and why it must not be aggregated (None: it may).
+    Used alike for training (`sent`: the network sent, to unpack the reply by) and evaluation."""
+    if reply is None:
+        return None, "no reply in time"
+    if reply.has_error():
+        return None, f"client error: {reply.error.reason}"
+    try:
+        cut = view(reply, federation, sent=sent)
+    except wire.LayoutMismatch as err:
+        return None, str(err)
+    return cut, reject(cut)
+
+
+def view(reply: Message, federation: str, *, sent: ArrayRecord | None = None) -> Message:
+    """One federation's part of a node's reply, shaped as a Flower strategy expects a reply:
+    one plain ArrayRecord (train replies: unpacked by the layout of `sent`) and one MetricRecord,
+    under our standard keys."""
+    content = RecordDict()
+    if sent is not None and P.record_key(P.ARRAYS, federation) in reply.content.array_records:
+        content[P.ARRAYS] = wire.unpacked(reply.content[P.record_key(P.ARRAYS, federation)], sent,
+                                          what=f"federation {federation!r}")
+    if P.record_key(P.METRICS, federation) in reply.content.metric_records:
+        content[P.METRICS] = reply.content[P.record_key(P.METRICS, federation)]
+    return Message(content=content, metadata=copy.copy(reply.metadata))
+
+
+def task_losses(metrics: Any, tasks: str) -> dict[str, float]:
+    """Task letter -> loss, from a (reply's or aggregated) MetricRecord."""
+    return {t: float(metrics[P.loss_key(t)]) for t in tasks}
+
+
+def constant_losses(replies: list[Message], tasks: str) -> dict[str, float] | None:
+    """Example-weighted mean loss of the best constant per task (as the losses are weighted by
+    default), or None unless every reply reported it for every task."""
+    total, sums = 0, dict.fromkeys(tasks, 0.0)
+    for m in replies:
+        metrics = m.content[P.METRICS]
+        if any(P.constant_loss_key(t) not in metrics for t in tasks):
+            return None
+        n = int(metrics[P.NUM_EXAMPLES])
+        total += n
+        for t in tasks:
+            sums[t] += n * float(metrics[P.constant_loss_key(t)])
+    return {t: v / total for t, v in sums.items()} if total > 0 else None
+
+
+def affinity_mean(replies: list[Message], n: int) -> np.ndarray | None:
+    """Lookahead-count-weighted mean of the clients' affinity matrices (docs/design.md, section "Lookahead
+    affinity"): Z = Σ_c n_c Z_c / Σ_c n_c, with n_c the number of lookahead batches of client c."""
+    total, count = np.zeros((n, n)), 0
+    for report in affinity_reports(replies, n):
+        total += report.count * report.mean
+        count += report.count
+    return total / count if count else None
+
+
+def affinity_reports(replies: list[Message], n: int) -> list[AffinityReport]:
+    """Each client's lookahead report of a round (count, mean n × n matrix, sum of squares if sent)."""
+    reports = []
+    for m in replies:
+        metrics = m.content[P.METRICS]
+        if P.AFFINITY in metrics and int(metrics[P.AFFINITY_COUNT]) > 0:
+            squares = metrics.get(P.AFFINITY_SQUARES)
+            reports.append(AffinityReport(
+                int(metrics[P.AFFINITY_COUNT]), np.asarray(metrics[P.AFFINITY], dtype=float).reshape(n, n),
+                None if squares is None else np.asarray(squares, dtype=float).reshape(n, n)))
+    return reports
+

@@ -24,11 +24,43 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from mas_flower.strategy.divergence import strategy_chain, strategy_name
-from mas_flower.strategy.run import NodesView
 
 #: Seconds a strategy may keep asking for nodes before it counts as waiting for more than it has
 #: (Flower's `sample_nodes` asks once a second).
 PATIENCE = 3.0
+
+
+class NodesView(Grid):
+    """A Grid that shows a Flower strategy only the nodes chosen for this round (all else delegated)."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    # Grid's abstract methods, delegated.
+    def set_run(self, run_id: int) -> None:
+        self._grid.set_run(run_id)
+
+    @property
+    def run(self):  # type: ignore[override]
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def push_messages(self, messages):  # type: ignore[override]
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):  # type: ignore[override]
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[override]
+        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 class StillWaiting(Exception):
