@@ -1,7 +1,7 @@
 """ClientApp: one building's trainer. Converts records to and from the library, nothing more.
 
 A train or evaluate message carries every federation of the round this node takes part in
-(`mas_flower.protocol`); the node trains or evaluates them one after the other and answers once.
+(`mas_flower.strategy.protocol`); the node trains or evaluates them one after the other and answers once.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client_app.node import building_data, node_building
-from mas_flower import protocol as P
-from mas_flower import wire
 from mas_flower.constant import evaluate_constants, histogram_of
 from mas_flower.energy import EnergyMeter, host_id
 from mas_flower.metrics import TaskMetrics
 from mas_flower.models import build_model
 from mas_flower.settings import home
+from mas_flower.strategy import protocol as P
+from mas_flower.strategy import wire
 from mas_flower.training import TrainConfig, evaluate, make_weighting, pick_device, train_local
 
 app = ClientApp()

@@ -16,8 +16,8 @@ from flwr.app import Context
 
 from mas_flower.data import BuildingData, open_building
 from mas_flower.data.layout import scan_root_cached
-from mas_flower.protocol import DataInstruction
 from mas_flower.settings import home
+from mas_flower.strategy.protocol import DataInstruction
 
 
 def data_root(data: DataInstruction, context: Context) -> Path:

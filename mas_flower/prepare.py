@@ -9,13 +9,14 @@ so a run out of the box needs no downloaded data.
 from __future__ import annotations
 
 import dataclasses
-from logging import INFO
-
-from flwr.common.logger import log
+from logging import INFO, getLogger
 
 from mas_flower.defaults import synthetic_root
 from mas_flower.heartbeat import heartbeat
 from mas_flower.settings import Settings
+
+#: Flower's own logger (as `flwr.common.logger.log` writes), so the lines show where the run's do.
+_LOG = getLogger("flwr")
 
 
 def prepare_data(settings: Settings) -> Settings:
@@ -32,10 +33,10 @@ def prepare_data(settings: Settings) -> Settings:
     from mas_flower.synthetic import generate_dataset  # numpy ray casting: imported only when needed
 
     root = synthetic_root(settings)
-    log(INFO, "no data-root given: using the synthetic federation at %s (generated on first use)", root)
+    _LOG.log(INFO, "no data-root given: using the synthetic federation at %s (generated on first use)", root)
     written = [0]
     total = settings.synthetic_buildings
-    with heartbeat(lambda t: log(INFO, "generating the synthetic federation: %d of %d buildings written (%.0f s)",
+    with heartbeat(lambda t: _LOG.log(INFO, "generating the synthetic federation: %d of %d buildings written (%.0f s)",
                                  written[0], total, t)):
         generate_dataset(root, buildings=total, views=settings.synthetic_views, size=settings.synthetic_size,
                          seed=settings.seed, progress=lambda k: written.__setitem__(0, k))

@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 
 from client_app import app as real
 from client_app.node import node_building
-from mas_flower import protocol as P
+from mas_flower.strategy import protocol as P
 
 SLEEP_SECONDS = 16.0
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
-from mas_flower import protocol as P
 from mas_flower.defaults import load_settings
 from mas_flower.flops import NetworkFlops
 from mas_flower.live import append_live, read_live
 from mas_flower.methods.base import FederationSpec
 from mas_flower.strategy import accounting
+from mas_flower.strategy import protocol as P
 from mas_flower.strategy.accounting import Accounts, content_bytes, take_metric_sums
 
 

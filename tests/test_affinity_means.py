@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Message, Metadata, MetricRecord, RecordDict
 
-from mas_flower import protocol as P
 from mas_flower.affinity import AffinityAccumulator
+from mas_flower.strategy import protocol as P
 from mas_flower.strategy.replies import affinity_mean
 
 

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedAvgM
 
-from mas_flower import protocol as P
+from mas_flower.strategy import protocol as P
 from mas_flower.strategy.bn_statistics import averaged_statistics, is_statistic
 from tests.test_federated_arithmetic import in_a_run  # noqa: F401 (a fixture)
 

@@ -19,12 +19,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.supercore.task_identity import TaskIdentity
 
 from client_app import app as client
-from mas_flower import protocol as P
-from mas_flower import wire
 from mas_flower.defaults import load_settings
 from mas_flower.methods import FederationSpec, Stage, StageOutcome, build_method
 from mas_flower.models import build_model
-from mas_flower.strategy import ParallelFederations
+from mas_flower.strategy import ParallelFederations, wire
+from mas_flower.strategy import protocol as P
 from mas_flower.strategy.parallel import join_arrays, split_arrays
 
 #: node id -> (building, num-examples, affinity value, lookahead count, value of the array `w`).
@@ -172,7 +171,7 @@ def test_client_honours_the_proximal_mu_it_is_sent(in_a_run, one_thread, private
     def moved(mu: float) -> float:
         """How far one round moves the trained parameters (not BN statistics) from what the server sent."""
         msg, reply = client_round(tiny_federation, node_context(), FederationSpec("all", "sd", prox_mu=mu))
-        like = build_model("tiny", "sd", image_size=32).state_dict()  # packed on the wire (mas_flower.wire)
+        like = build_model("tiny", "sd", image_size=32).state_dict()  # packed on the wire (mas_flower.strategy.wire)
         sent = wire.unpack(msg.content[P.record_key(P.ARRAYS, "all")], like).to_torch_state_dict()
         got = wire.unpack(reply.content[P.record_key(P.ARRAYS, "all")], like).to_torch_state_dict()
         return sum(float((got[k] - sent[k]).float().norm() ** 2) for k in sent

@@ -13,7 +13,7 @@ from flwr.app import Context, RecordDict
 import mas_flower.data.dataset as dataset
 from client_app import node
 from mas_flower.data import DataError, clear_memory_cache, list_buildings, open_building
-from mas_flower.protocol import DataInstruction
+from mas_flower.strategy.protocol import DataInstruction
 
 TASKS = "sdn"
 

@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.serverapp.strategy import FedAvg
 
-from mas_flower import protocol as P
+from mas_flower.strategy import protocol as P
 from mas_flower.strategy.parallel import INNER_STRATEGY_LINES
 from tests.test_federated_arithmetic import in_a_run  # noqa: F401 (a fixture)
 

@@ -12,9 +12,9 @@ from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from mas_flower import protocol as P
 from mas_flower.defaults import load_settings
 from mas_flower.energy import host_id
+from mas_flower.strategy import protocol as P
 from mas_flower.strategy.roster import CoverageError, NodeRoster, RoundFailed
 
 

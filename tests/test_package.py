@@ -89,19 +89,35 @@ def test_wheel_installs_into_a_fresh_venv_and_the_cli_runs(tmp_path: Path) -> No
     assert not (away / "out").exists()
 
 
+def _imports(package: Path) -> dict[Path, list[str]]:
+    """Every module of the package (path relative to it) -> the modules it imports, lazily or not."""
+    import ast
+
+    out: dict[Path, list[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        names: list[str] = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            names += ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                      [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        out[path.relative_to(package)] = names
+    return out
+
+
 def test_the_library_and_the_strategy_layer_never_import_the_operator_tools() -> None:
     """`mas_flower/tools/` sits on top: nothing else in the package imports it (lazily or not), so the
     layers cannot grow a cycle back through the command line."""
-    import ast
-
-    package = Path(__file__).resolve().parents[1] / "mas_flower"
-    offenders = []
-    for path in sorted(package.rglob("*.py")):
-        rel = path.relative_to(package)
-        if rel.parts[0] == "tools" or rel.name == "__main__.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{rel}: {n}" for n in names if n == "mas_flower.tools" or n.startswith("mas_flower.tools.")]
+    offenders = [f"{rel}: {n}" for rel, names in _imports(ROOT / "mas_flower").items()
+                 if rel.parts[0] != "tools" and rel.name != "__main__.py"
+                 for n in names if n == "mas_flower.tools" or n.startswith("mas_flower.tools.")]
     assert offenders == []
+
+
+def test_flower_is_imported_only_where_the_package_docstring_says() -> None:
+    """The package docstring names the subpackages that import Flower; exactly those do (lazily or not)."""
+    import mas_flower
+
+    importers = sorted({f"mas_flower.{rel.parts[0]}" for rel, names in _imports(ROOT / "mas_flower").items()
+                        if any(n == "flwr" or n.startswith("flwr.") for n in names)})
+    assert importers == ["mas_flower.strategy", "mas_flower.tools"]
+    first = (mas_flower.__doc__ or "").split("\n\n")[1]
+    assert first.startswith("Flower is imported only in `mas_flower.strategy`") and "`mas_flower.tools`" in first

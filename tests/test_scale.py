@@ -19,7 +19,7 @@ from client_app import node as node_mod
 from mas_flower.data import DataError
 from mas_flower.data import layout as layout_mod
 from mas_flower.data.prepare import index_building
-from mas_flower.protocol import DataInstruction
+from mas_flower.strategy.protocol import DataInstruction
 from mas_flower.strategy.roster import NAMED_BUILDINGS, federation_line
 from mas_flower.synthetic import generate_dataset
 from mas_flower.synthetic import writer as writer_mod

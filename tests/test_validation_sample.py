@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from mas_flower import protocol as P
 from mas_flower.defaults import load_settings
 from mas_flower.methods import FederationSpec, Stage, build_method
 from mas_flower.strategy import MethodStrategy, ParallelFederations
+from mas_flower.strategy import protocol as P
 from mas_flower.strategy.checkpoint import load_checkpoint
 from mas_flower.strategy.method import validation_note
 from mas_flower.strategy.roster import NodeRoster, validation_priority

@@ -7,12 +7,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from mas_flower import protocol as P
-from mas_flower import wire
 from mas_flower.defaults import load_settings
 from mas_flower.methods import FederationSpec, Stage
 from mas_flower.models import build_model
-from mas_flower.strategy import ParallelFederations
+from mas_flower.strategy import ParallelFederations, wire
+from mas_flower.strategy import protocol as P
 
 
 def test_pack_then_unpack_gives_back_every_array_byte_for_byte() -> None:

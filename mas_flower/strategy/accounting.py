@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass
 
 from flwr.app import Message, MetricRecord, RecordDict
 
-from mas_flower import protocol as P
 from mas_flower.flops import NetworkFlops, network_flops, to_tflops
 from mas_flower.methods.base import FederationSpec
 from mas_flower.metrics import RECORD_PREFIX, TaskMetrics, sum_records
 from mas_flower.settings import Settings, home
+from mas_flower.strategy import protocol as P
 
 MB = 1e6
 

@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mas_flower import protocol as P
+from mas_flower.strategy import protocol as P
 
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Strategy

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from mas_flower import protocol as P
+from mas_flower.strategy import protocol as P
 
 #: Name endings of BatchNorm's running statistics in a torch state dict.
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")

@@ -6,8 +6,8 @@ methods take and return one ArrayRecord, so at that boundary only they are joine
 `<federation>/<parameter>` (`join_arrays`, `split_arrays`). Each round samples K distinct nodes from a
 seeded generator (`NodeRoster`), hands each federation's Flower strategy (FedAvg, FedAdam, ...) only those
 nodes, and merges what the strategies configure into one message per node carrying every federation
-(`mas_flower.protocol`: the instructions, and each network packed by `mas_flower.wire`). Each federation's
-part of the replies is screened (`replies.py`) and its accepted replies go to its own strategy's
+(`protocol.py`: the instructions, and each network packed by `wire.py`). Each federation's part of the
+replies is screened (`replies.py`) and its accepted replies go to its own strategy's
 `aggregate_train`, so server-optimiser state is kept per network. What the strategy returns is checked too
 (`divergence.py`): a broken or diverged network stops the run with `DivergedError` before its round is
 checkpointed, and a validation loss that explodes is named. Validation goes to the run's fixed sample of
@@ -31,13 +31,13 @@ from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from mas_flower import protocol as P
-from mas_flower import wire
 from mas_flower.constant import skills
 from mas_flower.methods.base import FederationSpec, Stage, State
 from mas_flower.models import build_model
 from mas_flower.settings import Settings
 from mas_flower.splitting.stability import AffinityReport
+from mas_flower.strategy import protocol as P
+from mas_flower.strategy import wire
 from mas_flower.strategy.accounting import book_eval, book_train, count_exchange, take_metric_sums
 from mas_flower.strategy.aggregators import StrategyFactory, strategy_factory
 from mas_flower.strategy.bn_statistics import averaged_statistics

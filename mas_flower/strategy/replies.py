@@ -1,7 +1,7 @@
 """Client replies: one federation's view of a node's reply, the checks that keep a broken, non-finite or
 impossible reply from being aggregated, and what the accepted replies say (losses, affinity, floors).
 
-A node answers once for every federation its message carried (`mas_flower.protocol`); `screen` cuts out
+A node answers once for every federation its message carried (`mas_flower.strategy.protocol`); `screen` cuts out
 one federation's part, shaped as a Flower strategy expects a reply, and says why it must not be used.
 Each check returns the reason a reply is rejected, or None when it is fine, so the round can log
 exactly which node sent what.
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from mas_flower import protocol as P
-from mas_flower import wire
 from mas_flower.splitting.stability import AffinityReport
+from mas_flower.strategy import protocol as P
+from mas_flower.strategy import wire
 
 #: In every reason given for a non-finite number (`non_finite`).
 NON_FINITE = "NaN or Inf"

@@ -38,11 +38,11 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 
-from mas_flower import protocol as P
 from mas_flower.constant import LabelHistogram, best_constants
 from mas_flower.energy import host_id
 from mas_flower.heartbeat import heartbeat
 from mas_flower.settings import Settings
+from mas_flower.strategy import protocol as P
 from mas_flower.strategy.exchange import exchange
 
 
