@@ -89,18 +89,52 @@ def test_wheel_installs_into_a_fresh_venv_and_the_cli_runs(tmp_path: Path) -> No
     assert not (away / "out").exists()
 
 
-def _imports(package: Path) -> dict[Path, list[str]]:
-    """Every module of the package (path relative to it) -> the modules it imports, lazily or not."""
+def _imports(package: Path, *, members: bool = False) -> dict[Path, list[str]]:
+    """Every module of the package (path relative to it) -> the modules it imports, lazily or not, except
+    under `if TYPE_CHECKING:` (never run). `members`: also `module.name` for each `from module import name`
+    (a submodule, when it is one)."""
     import ast
 
     out: dict[Path, list[str]] = {}
     for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(block.test) for b in block.body for n in ast.walk(b)}
         names: list[str] = []
-        for node in ast.walk(ast.parse(path.read_text())):
-            names += ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                      [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names += [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if members else [])
         out[path.relative_to(package)] = names
     return out
+
+
+def test_no_import_cycle_in_the_package_lazy_or_not() -> None:
+    """The layers stack: no module reaches itself again through the imports it makes, at import time or in a
+    function body (a lazy import that closes a cycle only hides it)."""
+    package = ROOT / "mas_flower"
+    name = {rel: ".".join(("mas_flower", *rel.with_suffix("").parts)).removesuffix(".__init__")
+            for rel in _imports(package)}
+    modules = set(name.values())
+    graph = {name[rel]: {m for m in imported if m in modules and m != name[rel]}
+             for rel, imported in _imports(package, members=True).items()}
+    cycles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(" -> ".join(path[path.index(module):] + [module]))
+            return
+        if module not in done:
+            for nxt in sorted(graph[module]):
+                visit(nxt, [*path, module])
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert cycles == []
 
 
 def test_the_library_and_the_strategy_layer_never_import_the_operator_tools() -> None:
