@@ -6,7 +6,7 @@ For each N this generates the synthetic federation once under its own `MAS_FLOWE
 (`<work>/n<N>`, timed: "data s", "reused" when already there), decodes every building into the
 clients' cache (timed: "decode s"; with a warm cache only the opening), so that no run pays it and the
 runs compare, then runs, through the real launcher
-(`python -m mas_flower run`, Flower's simulation engine), FedAvg (2 rounds) and MAS-2 (4 rounds,
+(`python -m mas_flower run`, Flower's simulation engine), FedAvg (2 rounds, `--fedavg-rounds`) and MAS-2 (4 rounds,
 2 merged; --methods) on task set `sd`, 8 views of 32 px per building, K = 10 per round, and prints
 per N and method:
 
@@ -22,7 +22,7 @@ per N and method:
   actor MB: the largest peak RSS of one Ray ClientApp actor.
 
     .venv/bin/python benchmarks/bench_scale.py [--nodes 10,100,1000] [--with-5000] [--methods fedavg,mas]
-        [--clients-per-round 10] [--work /tmp/mas-bench-scale] [--run-config "validation-nodes=0"]
+        [--clients-per-round 10] [--fedavg-rounds 2] [--work /tmp/mas-bench-scale] [--run-config "validation-nodes=0"]
 
 `--run-config` adds `key=value` pairs to every run's config (after the ones above), e.g.
 `validation-nodes=0` to validate on every node as before validation was sampled (default: 100 nodes).
@@ -51,14 +51,14 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = ("task-set='sd' clients-per-round={k} synthetic-views=8 synthetic-size=32 image-size=32 "
         "synthetic-buildings={n} seed=0")
 METHODS = {
-    "fedavg": "method='fedavg' num-rounds=2",
+    "fedavg": "method='fedavg' num-rounds={rounds}",
     "mas": "method='mas' splits=2 num-rounds=4 merge-rounds=2 affinity-rounds=1",
 }
 MB = 1e6
 
 
-def run_config(method: str, n: int, k: int) -> str:
-    return f"{METHODS[method]} {BASE.format(n=n, k=k)}"
+def run_config(method: str, n: int, k: int, rounds: int = 2) -> str:
+    return f"{METHODS[method].format(rounds=rounds)} {BASE.format(n=n, k=k)}"
 
 
 def _hwm_bytes(pid: int) -> int:
@@ -142,10 +142,10 @@ def _pairs(config: str) -> dict[str, Any]:
     return out
 
 
-def run_once(home: Path, method: str, n: int, k: int, extra: str = "") -> dict[str, Any]:
+def run_once(home: Path, method: str, n: int, k: int, extra: str = "", rounds: int = 2) -> dict[str, Any]:
     """One `mas-flower run` at N nodes, `extra` run-config pairs added; its figures (see the module doc)."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=home))
-    config = f"{run_config(method, n, k)} {extra} output-dir='{out_dir}'"
+    config = f"{run_config(method, n, k, rounds)} {extra} output-dir='{out_dir}'"
     cmd = [sys.executable, "-m", "mas_flower", "run", "--nodes", str(n), "--flwr-home",
            str(home / "flwr" / out_dir.name), "--", "--run-config", config]
     env = {**os.environ, "MAS_FLOWER_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--with-5000", action="store_true", help="also N = 5,000")
     parser.add_argument("--methods", default="fedavg,mas", help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--clients-per-round", type=int, default=10)
+    parser.add_argument("--fedavg-rounds", type=int, default=2, help="FedAvg's rounds (s/round: the median of "
+                        "all but the first)")
     parser.add_argument("--run-config", default="", help="key=value pairs added to every run's config, e.g. "
                         "validation-nodes=0")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mas-bench-scale",
@@ -192,7 +194,7 @@ def main() -> None:
         generated, decoded = prepare(home, n, args.clients_per_round)
         data = "reused" if generated is None else f"{generated:.1f}"
         for method in methods:
-            r = run_once(home, method, n, args.clients_per_round, args.run_config)
+            r = run_once(home, method, n, args.clients_per_round, args.run_config, args.fedavg_rounds)
             rows.append(f"{n:>6} {method:7} {data:>7} {decoded:8.1f} {r['wall']:7.1f} {r['launcher']:8.1f} "
                         f"{r['round1']:6.2f} {r['per_round']:7.2f} {r['train']:7.2f} {r['mb']:8.1f} "
                         f"{r['server_mb']:9.0f} {r['tree_mb']:8.0f} {r['actor_mb']:8.0f}")
