@@ -12,6 +12,8 @@ per N and method:
 
 - run wall s: `wall_seconds` of results.json (the ServerApp's training and test, not Flower's start-up);
   launcher s: the whole `mas-flower run` command;
+- disc s: discovery (from the ServerApp's data-root line to its "federation: N nodes" line: waiting for
+  the nodes, one query to each); test s: the final test (from the last round's line to the results line);
 - s/round: median of results.json's per-round `seconds`, the first round left out (it warms every
   cache); r1 s: the first round;
 - train s: the clients' local training seconds (`client_train_seconds`), MB: traffic (`comm_mb`);
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -142,6 +145,17 @@ def _pairs(config: str) -> dict[str, Any]:
     return out
 
 
+#: Log lines timed by run_once: the ServerApp's data root (just before it waits for the nodes and asks
+#: each for its building), the discovery's summary, each round's line (the last one kept), the results line
+#: (after the final test).
+MARKERS = {"settings": re.compile(r"no data-root given"), "federation": re.compile(r"federation: \d+ nodes"),
+           "last round": re.compile(r"\] round \d+/\d+ "), "results": re.compile(r"== .*: results in ")}
+
+
+def _between(seen: dict[str, float], start: str, end: str) -> float:
+    return seen[end] - seen[start] if start in seen and end in seen else float("nan")
+
+
 def run_once(home: Path, method: str, n: int, k: int, extra: str = "", rounds: int = 2) -> dict[str, Any]:
     """One `mas-flower run` at N nodes, `extra` run-config pairs added; its figures (see the module doc)."""
     out_dir = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=home))
@@ -151,8 +165,15 @@ def run_once(home: Path, method: str, n: int, k: int, extra: str = "", rounds: i
     env = {**os.environ, "MAS_FLOWER_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     log = home / f"{method}.log"
     t = time.perf_counter()
-    with open(log, "w") as f, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO) as proc, \
-            TreeMemory(proc.pid) as memory:
+    seen: dict[str, float] = {}  # marker -> seconds since the start when its (last) line came
+    with open(log, "w") as f, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                               cwd=REPO, text=True) as proc, TreeMemory(proc.pid) as memory:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            for marker, pattern in MARKERS.items():
+                if pattern.search(line) and (marker not in seen or marker == "last round"):
+                    seen[marker] = time.perf_counter() - t
         code = proc.wait()
     launcher = time.perf_counter() - t
     found = sorted(out_dir.glob("*/results.json"))
@@ -163,6 +184,7 @@ def run_once(home: Path, method: str, n: int, k: int, extra: str = "", rounds: i
     return {"wall": results["wall_seconds"], "launcher": launcher, "round1": seconds[0],
             "per_round": statistics.median(seconds[1:]) if len(seconds) > 1 else float("nan"),
             "train": results["client_train_seconds"], "mb": results["comm_mb"],
+            "discovery": _between(seen, "settings", "federation"), "test": _between(seen, "last round", "results"),
             "server_mb": memory.server / MB, "tree_mb": memory.tree / MB, "actor_mb": memory.actor / MB}
 
 
@@ -185,8 +207,9 @@ def main() -> None:
         parser.error(f"unknown method(s) {unknown}: use {', '.join(METHODS)}")
     if bad := [n for n in sizes if n < args.clients_per_round]:
         parser.error(f"N={bad} is below --clients-per-round={args.clients_per_round}")
-    header = (f"{'N':>6} {'method':7} {'data s':>7} {'decode s':>8} {'wall s':>7} {'launch s':>8} {'r1 s':>6} "
-              f"{'s/round':>7} {'train s':>7} {'MB':>8} {'server MB':>9} {'tree MB':>8} {'actor MB':>8}")
+    header = (f"{'N':>6} {'method':7} {'data s':>7} {'decode s':>8} {'wall s':>7} {'launch s':>8} {'disc s':>6} "
+              f"{'r1 s':>6} {'s/round':>7} {'test s':>6} {'train s':>7} {'MB':>8} {'server MB':>9} {'tree MB':>8} "
+              f"{'actor MB':>8}")
     rows = []
     for n in sizes:
         home = (args.work / f"n{n}").resolve()
@@ -196,8 +219,9 @@ def main() -> None:
         for method in methods:
             r = run_once(home, method, n, args.clients_per_round, args.run_config, args.fedavg_rounds)
             rows.append(f"{n:>6} {method:7} {data:>7} {decoded:8.1f} {r['wall']:7.1f} {r['launcher']:8.1f} "
-                        f"{r['round1']:6.2f} {r['per_round']:7.2f} {r['train']:7.2f} {r['mb']:8.1f} "
-                        f"{r['server_mb']:9.0f} {r['tree_mb']:8.0f} {r['actor_mb']:8.0f}")
+                        f"{r['discovery']:6.1f} {r['round1']:6.2f} {r['per_round']:7.2f} {r['test']:6.1f} "
+                        f"{r['train']:7.2f} {r['mb']:8.1f} {r['server_mb']:9.0f} {r['tree_mb']:8.0f} "
+                        f"{r['actor_mb']:8.0f}")
             print(rows[-1], flush=True)
     print(f"\nK = {args.clients_per_round} clients per round, task set sd, 8 views of 32 px per building; "
           f"{psutil.cpu_count()} CPUs" + (f"; also {args.run_config}" if args.run_config else ""))
