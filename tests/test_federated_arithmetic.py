@@ -24,7 +24,7 @@ from mas_flower.methods import FederationSpec, Stage, StageOutcome, build_method
 from mas_flower.models import build_model
 from mas_flower.strategy import ParallelFederations, wire
 from mas_flower.strategy import protocol as P
-from mas_flower.strategy.parallel import join_arrays, split_arrays
+from mas_flower.strategy.networks import join_arrays, split_arrays
 
 #: node id -> (building, num-examples, affinity value, lookahead count, value of the array `w`).
 NODES = {11: ("a", 10, 0.1, 5, 1.0), 22: ("b", 30, 0.2, 3, 4.0), 33: ("c", 60, 0.4, 1, 10.0)}
@@ -106,7 +106,7 @@ def test_server_weights_client_affinities_by_their_lookahead_counts(merged_round
 
 
 def test_split_stage_continues_the_lr_schedule(in_a_run) -> None:
-    from mas_flower.strategy.parallel import fresh_state
+    from mas_flower.strategy.networks import fresh_state
 
     s = settings(method="mas", task_set="sd", splits=2, num_rounds=10, merge_rounds=6, affinity_rounds=1, lr=0.1,
                  clients_per_round=3, image_size=32)

@@ -32,7 +32,8 @@ from mas_flower.strategy.aggregators import StrategyFactory, server_hyperparamet
 from mas_flower.strategy.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from mas_flower.strategy.divergence import DivergedError
 from mas_flower.strategy.ledger import Ledger
-from mas_flower.strategy.parallel import Networks, ParallelFederations, initial_states
+from mas_flower.strategy.networks import Networks, initial_states
+from mas_flower.strategy.parallel import ParallelFederations
 from mas_flower.strategy.roster import NodeRoster, RoundFailed
 
 

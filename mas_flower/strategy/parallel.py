@@ -26,18 +26,16 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import FLOWER_LOGGER, log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from mas_flower.constant import skills
-from mas_flower.methods.base import FederationSpec, Stage, State
-from mas_flower.models import build_model
+from mas_flower.methods.base import FederationSpec, Stage
 from mas_flower.settings import Settings
 from mas_flower.splitting.stability import AffinityReport
 from mas_flower.strategy import protocol as P
-from mas_flower.strategy import wire
 from mas_flower.strategy.accounting import book_eval, book_train, count_exchange, take_metric_sums
 from mas_flower.strategy.aggregators import StrategyFactory, strategy_factory
 from mas_flower.strategy.bn_statistics import averaged_statistics
@@ -51,6 +49,15 @@ from mas_flower.strategy.divergence import (
 )
 from mas_flower.strategy.exchange import exchange
 from mas_flower.strategy.ledger import Ledger, NetworkRound, RoundRecord
+from mas_flower.strategy.networks import (
+    SEP,
+    Networks,
+    initial_states,
+    join_arrays,
+    like_sent,
+    packed_once,
+    split_arrays,
+)
 from mas_flower.strategy.replies import (
     affinity_mean,
     affinity_reports,
@@ -63,43 +70,6 @@ from mas_flower.strategy.replies import (
 )
 from mas_flower.strategy.roster import NodeRoster, RoundFailed, node_unavailable, stable_seed
 from mas_flower.strategy.sampling import check_sampling, configured
-
-#: Federation -> its network: the one form of the networks inside a stage.
-Networks = dict[str, ArrayRecord]
-
-SEP = "/"
-
-
-def join_arrays(networks: Networks) -> ArrayRecord:
-    """Every federation's network in one ArrayRecord keyed `<federation>/<parameter>`: the form Flower's
-    Strategy methods and `Result` take, used only at that boundary."""
-    record = ArrayRecord()
-    for name, arrays in networks.items():
-        for key, array in arrays.items():
-            record[f"{name}{SEP}{key}"] = array
-    return record
-
-
-def split_arrays(arrays: ArrayRecord) -> Networks:
-    """The inverse of `join_arrays` (the same Array objects)."""
-    out: Networks = {}
-    for key, array in arrays.items():
-        name, _, param = key.partition(SEP)
-        out.setdefault(name, ArrayRecord())[param] = array
-    return out
-
-
-def fresh_state(settings: Settings, federation: FederationSpec) -> State:
-    """A network from scratch. Every network of a run starts from the same seeded encoder and the
-    same decoder per task, so methods differ in how they train, not in their luck at init."""
-    net = build_model(settings.model, federation.tasks, image_size=settings.image_size,
-                      seed=stable_seed(settings.seed, "init"))
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
-def initial_states(settings: Settings, federations: list[FederationSpec]) -> dict[str, State]:
-    """Each federation's starting network: its `init` (e.g. inherited by a MAS split), else fresh."""
-    return {f.name: f.init if f.init is not None else fresh_state(settings, f) for f in federations}
 
 
 class InnerStrategyLines(logging.Filter):
@@ -309,7 +279,7 @@ class ParallelFederations(Strategy):
                 theirs = dict(_only(by_node[nid].config_records))  # ours, as the strategy passed it on
                 seed = stable_seed(self.settings.seed, "train", fed.name, server_round - 1, self.roster.nodes[nid])
                 instruction = replace(P.FederationTrain.from_record(theirs), seed=seed)
-                contents[nid][P.record_key(P.ARRAYS, fed.name)] = _packed(_only(by_node[nid].array_records), packed)
+                contents[nid][P.record_key(P.ARRAYS, fed.name)] = packed_once(_only(by_node[nid].array_records), packed)
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = ConfigRecord({**theirs, **instruction.to_record()})
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.TRAIN)
                 for nid, c in contents.items() if len(c.config_records) > 1]
@@ -357,7 +327,7 @@ class ParallelFederations(Strategy):
             if arrays is not None and self.settings.bn_statistics == "average":
                 arrays = averaged_statistics(arrays, ok)
             check_aggregate(arrays, sent, federation=fed.name, strategy=strategy, server_round=server_round)
-            networks[fed.name] = _like(arrays, sent)
+            networks[fed.name] = like_sent(arrays, sent)
             net = NetworkRound(train_loss=task_losses(fed_metrics, fed.tasks),
                                train_buildings=[self.roster.nodes[m.metadata.src_node_id] for m in ok])
             matrix = affinity_mean(ok, len(fed.tasks))
@@ -432,7 +402,7 @@ class ParallelFederations(Strategy):
             evaluation.sent_to[fed.name] = [nid for nid in nodes if nid in by_node]
             packed: dict[int, ArrayRecord] = {}
             for nid in evaluation.sent_to[fed.name]:
-                contents[nid][P.record_key(P.ARRAYS, fed.name)] = _packed(_only(by_node[nid].array_records), packed)
+                contents[nid][P.record_key(P.ARRAYS, fed.name)] = packed_once(_only(by_node[nid].array_records), packed)
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = _only(by_node[nid].config_records)
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.EVALUATE)
                 for nid, c in contents.items() if len(c.config_records) > 1]
@@ -600,23 +570,3 @@ def _only(records: Any) -> Any:
     """The single record of a RecordDict's typed view (a Flower strategy's message holds one of each)."""
     (value,) = records.values()
     return value
-
-
-def _packed(record: ArrayRecord, done: dict[int, ArrayRecord]) -> ArrayRecord:
-    """`wire.pack(record)`, once per record object: a Flower strategy usually gives every node the same
-    one. `done` lives while the strategy's messages do, so no id is reused meanwhile."""
-    if id(record) not in done:
-        done[id(record)] = wire.pack(record)
-    return done[id(record)]
-
-
-def _like(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
-    """Aggregated arrays come back as float; give every entry the dtype it was sent with (BN counters
-    are ints, truncated towards zero as torch's `.to` does)."""
-    out = ArrayRecord()
-    for key, array in new.items():
-        value = array.numpy()
-        if key in old and value.dtype != old[key].numpy().dtype:
-            value = value.astype(old[key].numpy().dtype)
-        out[key] = Array(value.copy(order="C"))
-    return out
