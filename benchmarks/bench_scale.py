@@ -117,7 +117,7 @@ class TreeMemory:
 def prepare(home: Path, n: int, k: int) -> tuple[float | None, float]:
     """Generate N buildings under `home` (None: already there) and decode them into its cache, timed."""
     os.environ["MAS_FLOWER_HOME"] = str(home)  # read by settings.home() on every call
-    from mas_flower.data import list_buildings, open_building
+    from mas_flower.data import clear_memory_cache, list_buildings, open_building
     from mas_flower.defaults import load_settings, synthetic_root
     from mas_flower.settings import home as mas_home
     from mas_flower.synthetic import generate_dataset, is_complete
@@ -133,6 +133,7 @@ def prepare(home: Path, n: int, k: int) -> tuple[float | None, float]:
     t = time.perf_counter()
     for building in list_buildings(root):  # as the ClientApp opens it: the run's tasks, size and cache
         open_building(root, building, settings.task_set, settings.image_size, cache_dir=mas_home() / "cache")
+        clear_memory_cache()  # each kept memory map holds a file descriptor: N = 5,000 ran out of them
     return generated, time.perf_counter() - t
 
 
