@@ -122,3 +122,22 @@ def test_the_clientapp_verifies_at_discovery_and_reuses_in_the_run(federation: P
     node.building_data(config, context(8))  # another run, even without discovery: a full check
     assert len(calls) == 1
     node._open.cache_clear()
+
+
+def test_the_memory_cache_keeps_a_bounded_number_of_memory_maps(tmp_path: Path, monkeypatch) -> None:
+    """Each memory map holds a file descriptor: beyond MAPPED_LIMIT the oldest are forgotten (in RAM arrays
+    are bounded by bytes, separately), so serving thousands of buildings cannot exhaust a process's."""
+    from mas_flower.data import cache
+
+    monkeypatch.setattr(cache, "MAPPED_LIMIT", 3)
+    monkeypatch.setattr(cache, "MEMORY_LIMIT_BYTES", 100)
+    clear_memory_cache()
+    for i in range(5):
+        np.save(tmp_path / f"{i}.npy", np.full(4, i, np.uint8))
+        cache._remember(("mapped", i), np.load(tmp_path / f"{i}.npy", mmap_mode="r"))
+        cache._remember(("ram", i), np.zeros(40, np.uint8))  # 40 bytes: two fit in 100
+    kept = list(cache._memory)
+    assert [k for k in kept if k[0] == "mapped"] == [("mapped", 2), ("mapped", 3), ("mapped", 4)]
+    assert [k for k in kept if k[0] == "ram"] == [("ram", 3), ("ram", 4)]
+    assert int(cache._memory[("mapped", 4)][0]) == 4  # the newest map still reads its file
+    clear_memory_cache()

@@ -27,6 +27,12 @@ FORMAT_VERSION = 1
 #: Bytes of in-RAM (not memory-mapped) arrays the process keeps before evicting the oldest.
 MEMORY_LIMIT_BYTES = 4 << 30
 
+#: Memory-mapped arrays the process keeps before forgetting the oldest: each holds a file descriptor, and a
+#: ClientApp actor serving every building of a large federation (the final test) would otherwise run out
+#: of them (15,000 per actor at 5,000 buildings of 4 arrays; docs/benchmarks.md). Forgetting costs a
+#: re-open from disk, not a re-decode.
+MAPPED_LIMIT = 1024
+
 _memory: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _memory_lock = threading.Lock()
 _build_locks: dict[tuple, threading.Lock] = {}
@@ -48,15 +54,25 @@ def clear_memory_cache() -> None:
 
 
 def _remember(key: tuple, array: np.ndarray) -> None:
+    """Keep `array` as the newest entry; forget the oldest in-RAM arrays beyond `MEMORY_LIMIT_BYTES` and
+    the oldest memory-mapped ones beyond `MAPPED_LIMIT` (never the entry just added)."""
     with _memory_lock:
         _memory[key] = array
         _memory.move_to_end(key)
-        in_ram = [k for k, a in _memory.items() if not isinstance(a, np.memmap)]
-        total = sum(_memory[k].nbytes for k in in_ram)
-        for k in in_ram[:-1]:  # never evict the entry just added
-            if total <= MEMORY_LIMIT_BYTES:
-                break
-            total -= _memory.pop(k).nbytes
+        _forget_oldest(mapped=False, limit=MEMORY_LIMIT_BYTES)
+        _forget_oldest(mapped=True, limit=MAPPED_LIMIT)
+
+
+def _forget_oldest(*, mapped: bool, limit: int) -> None:
+    """Drop the oldest entries of one kind until their total (bytes in RAM, or a count of memory maps) is
+    within `limit`. Called with `_memory_lock` held."""
+    kind = [k for k, a in _memory.items() if isinstance(a, np.memmap) == mapped]
+    size = (lambda a: 1) if mapped else (lambda a: a.nbytes)
+    total = sum(size(_memory[k]) for k in kind)
+    for k in kind[:-1]:
+        if total <= limit:
+            break
+        total -= size(_memory.pop(k))
 
 
 class ArrayStore:
