@@ -1,7 +1,10 @@
-"""The message contract between the ServerApp and the ClientApp (keys of records and configs).
+"""The message contract between the ServerApp and the ClientApp: typed instructions and reply keys.
 
-One place for the names both sides use, so the two apps cannot drift apart. It lives in the library
-because the library's strategies (`mas_flower.strategy`) build and read these messages.
+One place for the names both sides use, so the two apps cannot drift apart. What a node is asked to do
+is a dataclass per kind (`InfoQuery`, `TrainInstruction` and `FederationTrain`, `EvaluateInstruction` and
+`FederationEvaluate`) that the server writes with `to_record()` and the client reads with
+`from_record()`: a field's config key is its name with `-` (or the key given by `key`), so adding a
+client-side setting is adding one field. Reply metrics are read and written through the constants below.
 
 A train or evaluate message carries every federation of the round that the node takes part in:
 `arrays.<federation>` (ArrayRecord) and `config.<federation>` (ConfigRecord) per federation, plus
