@@ -50,7 +50,7 @@ def test_defaults_are_valid_and_typed() -> None:
     ({"node-timeout": float("inf")}, "node-timeout=inf must be a finite number"),
     ({"server-lr": float("nan")}, "server-lr=nan must be a finite number"),
     ({"fedprox-mu": float("-inf")}, "fedprox-mu=-inf must be a finite number"),
-    ({"model": "nope"}, "model='nope' is not one of resnet18, tiny, xception"),
+    ({"model": "nope"}, "model='nope' is not one of resnet18, tiny, tiny-fine, xception"),
     ({"image-size": 60}, "image-size=60: image size 60 does not fit model 'tiny'"),
     ({"model": "xception", "image-size": 72}, "image-size=72: image size 72 does not fit model 'xception'"),
     ({"run-name": "../elsewhere"}, "run-name='../elsewhere' must be a plain folder name"),
