@@ -55,20 +55,23 @@ def _up(in_ch: int, out_ch: int) -> list[nn.Module]:
 
 
 class TinyDecoder(nn.Module):
-    """Representation (B, 64, h, w) to (B, out_channels, 8h, 8w).
+    """Representation (B, 64, h, w) at `rep_stride` 8 (or 4: `tiny-fine`) to (B, out_channels, 8h, 8w)
+    (or 4h, 4w). At stride 4 the first x2 upsampling is left out; the layers are otherwise the same.
 
     The decoder works up to half resolution and upsamples its output bilinearly: on a CPU every
     full-resolution feature map (and its batch norm, ReLU and concatenation) costs more than the
     convolutions themselves, and at 64 px the lost detail is a pixel.
     """
 
-    def __init__(self, out_channels: int, skip_channels: int = 4) -> None:
+    def __init__(self, out_channels: int, skip_channels: int = 4, rep_stride: int = STRIDE) -> None:
         super().__init__()
+        if rep_stride not in (4, 8):
+            raise ValueError(f"rep_stride={rep_stride}: TinyDecoder reads a representation at stride 4 or 8")
         self.skip = nn.Sequential(nn.Conv2d(REP_CHANNELS, skip_channels, 1, bias=False),
                                   nn.BatchNorm2d(skip_channels))
+        reduce = [*_cbr(REP_CHANNELS, 32, k=1), *_up(32, 16)] if rep_stride == 8 else _cbr(REP_CHANNELS, 16, k=1)
         self.body = nn.Sequential(
-            *_cbr(REP_CHANNELS, 32, k=1),
-            *_up(32, 16), *_cbr(16, 16),
+            *reduce, *_cbr(16, 16),
             nn.ConvTranspose2d(16, 16, 2, 2), nn.BatchNorm2d(16),
         )
         self.out = nn.Conv2d(16 + skip_channels, out_channels, 3, padding=1)

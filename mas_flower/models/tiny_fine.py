@@ -21,18 +21,19 @@ features cost normals more. lr 0.3 collapsed keypoints in one run; 0.15 and 0.2 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (PyTorch convention)
 from torch import Tensor, nn
 
 from mas_flower.models.layers import init_weights
 from mas_flower.models.multitask import MultiTaskNet, assemble
 from mas_flower.models.registry import register_model
-from mas_flower.models.tiny import ResidualBlock, _cbr
+from mas_flower.models.tiny import REP_CHANNELS as TINY_REP_CHANNELS
+from mas_flower.models.tiny import ResidualBlock, TinyDecoder, _cbr
 
 STRIDE = 8
 FINE_CHANNELS = 32
 COARSE_CHANNELS = 32
 REP_CHANNELS = FINE_CHANNELS + COARSE_CHANNELS
+assert REP_CHANNELS == TINY_REP_CHANNELS  # tiny's decoders read it
 
 
 class TinyFineEncoder(nn.Module):
@@ -52,29 +53,8 @@ class TinyFineEncoder(nn.Module):
         return torch.cat([fine, self.lift(self.coarse(fine))], dim=1)
 
 
-class TinyFineDecoder(nn.Module):
-    """Representation (B, 64, h, w) to (B, out_channels, 4h, 4w), working up to half resolution."""
-
-    def __init__(self, out_channels: int, skip_channels: int = 4) -> None:
-        super().__init__()
-        self.skip = nn.Sequential(nn.Conv2d(REP_CHANNELS, skip_channels, 1, bias=False),
-                                  nn.BatchNorm2d(skip_channels))
-        self.body = nn.Sequential(
-            *_cbr(REP_CHANNELS, 16, k=1), *_cbr(16, 16),
-            nn.ConvTranspose2d(16, 16, 2, 2), nn.BatchNorm2d(16),
-        )
-        self.out = nn.Conv2d(16 + skip_channels, out_channels, 3, padding=1)
-        init_weights(self)
-
-    def forward(self, rep: Tensor) -> Tensor:
-        x = self.body(rep)
-        skip = F.interpolate(self.skip(rep), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        y = self.out(F.relu(torch.cat([x, skip.to(x.dtype)], dim=1)))
-        return F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
-
-
 @register_model("tiny-fine", stride=STRIDE)
 def tiny_fine(tasks: str, *, seed: int | None = None) -> MultiTaskNet:
     """`tiny` with a 64-channel representation at stride 4 (S/4 texture + S/8 context): for 32 px texture tasks."""
     return assemble("tiny-fine", tasks, stride=STRIDE, encoder=TinyFineEncoder,
-                    decoder=lambda t: TinyFineDecoder(t.out_channels), seed=seed)
+                    decoder=lambda t: TinyDecoder(t.out_channels, rep_stride=4), seed=seed)

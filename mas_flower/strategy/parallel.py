@@ -270,12 +270,11 @@ class ParallelFederations(Strategy):
             attempt.sent[fed.name] = networks[fed.name]
             strategy = self.strategies[fed.name]
             mine = ConfigRecord(self.federation_train(fed, server_round).to_record())
-            messages = configured(strategy, fed.name, sampled, grid, partial(
+            by_node = self._configured(fed, sampled, grid, partial(
                 strategy.configure_train, server_round, networks[fed.name], mine), train=True)
-            by_node = {m.metadata.dst_node_id: m.content for m in messages}
-            attempt.sent_to[fed.name] = [nid for nid in sampled if nid in by_node]
+            attempt.sent_to[fed.name] = list(by_node)
             packed: dict[int, ArrayRecord] = {}
-            for nid in attempt.sent_to[fed.name]:
+            for nid in by_node:
                 theirs = dict(_only(by_node[nid].config_records))  # ours, as the strategy passed it on
                 seed = stable_seed(self.settings.seed, "train", fed.name, server_round - 1, self.roster.nodes[nid])
                 instruction = replace(P.FederationTrain.from_record(theirs), seed=seed)
@@ -283,6 +282,14 @@ class ParallelFederations(Strategy):
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = ConfigRecord({**theirs, **instruction.to_record()})
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.TRAIN)
                 for nid, c in contents.items() if len(c.config_records) > 1]
+
+    def _configured(self, fed: FederationSpec, nodes: list[int], grid: Grid,
+                    configure: Callable[[Grid], Iterable[Message]], *, train: bool) -> dict[int, RecordDict]:
+        """What `fed`'s strategy configured (`sampling.configured`), node id -> content, in the order of
+        `nodes`, for the nodes it configured a message for."""
+        messages = configured(self.strategies[fed.name], fed.name, nodes, grid, configure, train=train)
+        contents = {m.metadata.dst_node_id: m.content for m in messages}
+        return {nid: contents[nid] for nid in nodes if nid in contents}
 
     def screen_train(self, server_round: int, replies: Iterable[Message]) -> tuple[dict[str, list[Message]], list[str]]:
         """Each federation's acceptable replies (its view of each node's reply, in roster order)
@@ -396,12 +403,11 @@ class ParallelFederations(Strategy):
             strategy = self.strategies[fed.name]
             constants = {t: self.roster.constants[t] for t in fed.tasks if t in self.roster.constants}
             mine = ConfigRecord(P.FederationEvaluate(fed.name, fed.tasks, constants).to_record())
-            messages = configured(strategy, fed.name, nodes, grid, partial(
+            by_node = self._configured(fed, nodes, grid, partial(
                 strategy.configure_evaluate, server_round, networks[fed.name], mine), train=False)
-            by_node = {m.metadata.dst_node_id: m.content for m in messages}
-            evaluation.sent_to[fed.name] = [nid for nid in nodes if nid in by_node]
+            evaluation.sent_to[fed.name] = list(by_node)
             packed: dict[int, ArrayRecord] = {}
-            for nid in evaluation.sent_to[fed.name]:
+            for nid in by_node:
                 contents[nid][P.record_key(P.ARRAYS, fed.name)] = packed_once(_only(by_node[nid].array_records), packed)
                 contents[nid][P.record_key(P.CONFIG, fed.name)] = _only(by_node[nid].config_records)
         return [Message(content=c, dst_node_id=nid, message_type=MessageType.EVALUATE)
