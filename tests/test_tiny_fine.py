@@ -64,7 +64,7 @@ def test_seeded_build_is_deterministic_and_per_part() -> None:
 
 
 def test_flops_within_tiny_budget() -> None:
-    """Chosen to cost about what `tiny` costs per sample (issue 17: within 1.5x)."""
+    """Chosen to cost about what `tiny` costs per sample (within 1.5x of it)."""
     for tasks in ("sdnkt", "k"):
         fine, tiny = network_flops("tiny-fine", tasks, 32), network_flops("tiny", tasks, 32)
         assert fine.train <= 1.1 * tiny.train, (tasks, fine.train, tiny.train)
